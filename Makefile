@@ -1,0 +1,34 @@
+# streamcdn: `make demo` runs the stack, `make test` runs the suite; both install first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+# Re-runs only when pyproject.toml changes; a second `make install` is instant.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "streamcdn needs Python >= 3.11; set PYTHON=/path/to/python3.11")'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -e '.[dev]'
+	@touch $(STAMP)
+
+demo: install
+	$(BIN)/streamcdn demo
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy media/ladder.py media/playlist.py media/mp4.py streamcdn/byteserving.py streamcdn/ids.py
+
+test: lint
+	$(BIN)/pytest
+
+bench: install
+	$(BIN)/python bench/transcode.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -1,0 +1,1 @@
+"""The origin: the title store, ingest, and the HTTP server appliances fill from."""

@@ -1,0 +1,212 @@
+"""The ``streamcdn`` command: every subcommand is wired here and nowhere else."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from streamcdn import __version__
+from streamcdn.errors import UserError
+
+DEFAULT_STORE = "store"
+DEFAULT_HOST = "127.0.0.1"
+ORIGIN_PORT = 8082
+
+console = Console(stderr=True)
+
+
+@contextmanager
+def progress_bar(label: str, total_s: float) -> Iterator[Callable[[float], None]]:
+    """A rich progress bar over ``total_s`` seconds of media; yields the update callback."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>5.1f}%"),
+        TextColumn("{task.fields[speed]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task(label, total=total_s, speed="")
+
+        def update(done_s: float) -> None:
+            elapsed = progress.tasks[0].elapsed or 0
+            speed = f"{done_s / elapsed:.2f}x" if elapsed > 0.5 else ""
+            progress.update(task, completed=min(done_s, total_s), speed=speed)
+
+        yield update
+        progress.update(task, completed=total_s)
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def port_number(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0..65535, got {text!r}")
+    return int(text)
+
+
+# -- commands ----------------------------------------------------------------------
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from media.sample import make_sample, parse_size
+
+    size = parse_size(args.size)
+    with progress_bar(f"sample {args.out.name}", args.duration) as update:
+        make_sample(
+            args.out, duration_s=args.duration, size=size, pattern=args.pattern, on_progress=update
+        )
+    console.print(f"wrote {args.out}")
+
+
+def ingest_with_progress(
+    source: Path, title: str, store_dir: Path, *, name: str | None, force: bool
+) -> dict[str, object]:
+    from media.ladder import Rung
+    from media.probe import MediaInfo
+    from origin.ingest import ingest
+    from origin.store import TitleStore
+
+    bar: list[Callable[[float], None]] = []
+    with ExitStack() as stack:
+
+        def on_probe(info: MediaInfo, rungs: list[Rung]) -> None:
+            console.print(
+                f"{source.name}: {info.width}x{info.height} {info.fps:.3f} fps "
+                f"{info.duration_s:.1f} s -> {', '.join(r.name for r in rungs)}"
+            )
+            bar.append(stack.enter_context(progress_bar(f"ingest {title}", info.duration_s)))
+
+        manifest = ingest(
+            source,
+            title,
+            TitleStore(store_dir),
+            name=name,
+            force=force,
+            on_probe=on_probe,
+            on_progress=lambda s: bar[0](s) if bar else None,
+        )
+    return manifest
+
+
+def cmd_ingest(args: argparse.Namespace) -> None:
+    manifest = ingest_with_progress(
+        args.file, args.title, args.store, name=args.name, force=args.force
+    )
+    console.print(
+        f"published {args.title!r} in {args.store}: {manifest['duration_s']} s, "
+        f"{len(manifest['renditions'])} renditions, {len(manifest['files'])} files"
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from origin.server import create_app
+    from streamcdn import service
+
+    app = create_app(args.store)
+    service.run(app, host=args.host, port=args.port or ORIGIN_PORT)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from streamcdn.demo import run_demo
+
+    run_demo(args.data, port_base=args.port_base)
+
+
+# -- parser ------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from media.sample import PATTERNS
+
+    parser = argparse.ArgumentParser(
+        prog="streamcdn",
+        description="A video CDN with adaptive-bitrate streaming, shaped like Open Connect.",
+    )
+    parser.add_argument("--version", action="version", version=f"streamcdn {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("demo", help="run the stack on this machine with sample titles")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path(".demo"),
+        help="where samples, the store and demo.json live (default .demo)",
+    )
+    p.add_argument(
+        "--port-base",
+        type=port_number,
+        default=8080,
+        help="control's port; the others follow it (default 8080, origin +2)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("sample", help="make a synthetic sample title (MP4 with motion and a tone)")
+    p.add_argument("out", type=Path, metavar="OUT.mp4")
+    p.add_argument("--duration", type=positive_float, default=30.0, help="seconds (default 30)")
+    p.add_argument("--size", default="1920x1080", help="WIDTHxHEIGHT (default 1920x1080)")
+    p.add_argument(
+        "--pattern",
+        default="testsrc",
+        choices=list(PATTERNS),
+        help="calm (low complexity), testsrc (medium), life and fractal (high)",
+    )
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("ingest", help="transcode a video into an HLS ladder and publish it")
+    p.add_argument("file", type=Path, metavar="FILE")
+    p.add_argument("--title", required=True, help="title id: letters, digits, '.', '_', '-'")
+    p.add_argument("--name", help="display name (default: the title id)")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path(DEFAULT_STORE),
+        help=f"title store directory (default ./{DEFAULT_STORE})",
+    )
+    p.add_argument("--force", action="store_true", help="replace an existing title")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("serve", help="run one service")
+    p.add_argument("service", choices=["origin"])
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument("--port", type=port_number, help=f"port (origin default {ORIGIN_PORT})")
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path(DEFAULT_STORE),
+        help=f"origin: title store directory (default ./{DEFAULT_STORE})",
+    )
+    p.set_defaults(func=cmd_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except UserError as exc:
+        print(f"streamcdn: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("streamcdn: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

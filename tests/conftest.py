@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny real titles made with the real ffmpeg, and a store holding them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from media.sample import make_sample
+from origin.ingest import ingest
+from origin.store import TitleStore
+
+TINY_SIZE = (640, 360)  # two rungs of the default ladder (360p, 240p), fast to encode
+TINY_DURATION_S = 10.0  # three segments: 4 s, 4 s, 2 s
+TITLE = "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("src") / "tiny.mp4"
+    make_sample(out, duration_s=TINY_DURATION_S, size=TINY_SIZE, pattern="testsrc")
+    return out
+
+
+@pytest.fixture(scope="session")
+def store(tmp_path_factory: pytest.TempPathFactory, tiny_source: Path) -> TitleStore:
+    """A store with one published title, TITLE. Tests must not modify it."""
+    s = TitleStore(tmp_path_factory.mktemp("store"))
+    ingest(tiny_source, TITLE, s, name="Tiny test title")
+    return s
+
+
+@pytest.fixture(scope="session")
+def title_dir(store: TitleStore) -> Path:
+    return store.root / TITLE
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(
+    port: int, proc: subprocess.Popen[bytes] | None = None, timeout_s: float = 15
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listened on port {port} within {timeout_s} s")
+
+
+def streamcdn_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "streamcdn.cli", *args]
+
+
+@pytest.fixture
+def origin_process(store: TitleStore) -> Iterator[str]:
+    """`streamcdn serve origin` as its own process on a free port; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        streamcdn_cmd("serve", "origin", "--store", str(store.root), "--port", str(port)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(timeout=15)
+        if proc.stderr:
+            proc.stderr.close()

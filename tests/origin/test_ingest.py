@@ -1,0 +1,148 @@
+"""Ingest either publishes a whole title or leaves the store exactly as it was."""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from media import ffmpeg
+from origin.ingest import ingest
+from origin.store import TitleStore
+from streamcdn.errors import UserError
+from tests.conftest import streamcdn_cmd
+
+
+def store_entries(store: TitleStore) -> list[str]:
+    return sorted(os.listdir(store.root)) if store.root.exists() else []
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["a/b", "..", "../x", "has space", "x" * 65, "", ".hidden", "a..b", "caf\u00e9", "tab\tname"],
+)
+def test_bad_title_ids_are_refused_before_any_work(
+    tmp_path: Path, tiny_source: Path, title: str
+) -> None:
+    store = TitleStore(tmp_path / "store")
+    with pytest.raises(UserError, match="title id"):
+        ingest(tiny_source, title, store)
+    assert store_entries(store) == []
+
+
+def test_a_64_character_title_id_is_fine() -> None:
+    from streamcdn.ids import check_title_id
+
+    assert check_title_id("x" * 64) == "x" * 64
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"just text, not a video\n" * 100, "not a video file"),
+        (None, "no such file"),
+    ],
+)
+def test_non_video_and_missing_files_publish_nothing(
+    tmp_path: Path, content: bytes | None, message: str
+) -> None:
+    source = tmp_path / "input.mp4"
+    if content is not None:
+        source.write_bytes(content)
+    store = TitleStore(tmp_path / "store")
+    with pytest.raises(UserError, match=message):
+        ingest(source, "t", store)
+    assert store_entries(store) == []
+
+
+def test_a_truncated_video_is_refused_and_publishes_nothing(
+    tmp_path: Path, tiny_source: Path
+) -> None:
+    data = tiny_source.read_bytes()  # faststart: the index is at the front, media after it
+    source = tmp_path / "truncated.mp4"
+    source.write_bytes(data[: len(data) // 3])
+    store = TitleStore(tmp_path / "store")
+    with pytest.raises(UserError, match=r"truncated or corrupt|failed"):
+        ingest(source, "t", store)
+    assert store_entries(store) == []
+
+
+def test_an_existing_title_needs_force(tmp_path: Path, tiny_source: Path) -> None:
+    short = tmp_path / "short.mp4"
+    ffmpeg.run(["-i", str(tiny_source), "-t", "4", "-c", "copy", str(short)])
+    store = TitleStore(tmp_path / "store")
+    ingest(short, "t", store, name="First")
+    with pytest.raises(UserError, match="already exists; use --force"):
+        ingest(short, "t", store, name="Second")
+    assert store.manifest("t")["name"] == "First"
+    ingest(short, "t", store, name="Second", force=True)
+    assert store.manifest("t")["name"] == "Second"
+    assert store_entries(store) == ["t"]  # the old copy and the staging dir are gone
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    """A 1 MiB tmpfs: a real full disk. Needs root (CI runs as root); fails loudly otherwise."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs to fill (needs root): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_disk_that_fills_during_transcode_leaves_nothing(
+    tiny_tmpfs: Path, tiny_source: Path
+) -> None:
+    store = TitleStore(tiny_tmpfs / "store")
+    with pytest.raises(UserError, match="disk full"):
+        ingest(tiny_source, "t", store)
+    assert store_entries(store) == []
+
+
+def test_a_killed_ingest_leaves_litter_that_the_next_one_sweeps(
+    tmp_path: Path, tiny_source: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    proc = subprocess.Popen(
+        streamcdn_cmd("ingest", str(tiny_source), "--title", "t", "--store", str(store_dir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(store_dir.glob(".ingest-*/360p/seg_*")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (store_dir / "t").exists()
+    assert TitleStore(store_dir).titles() == []
+    # kill -9 ran no cleanup; the next user of the store sweeps the dead process's staging dir.
+    TitleStore(store_dir).ensure()
+    assert store_entries(TitleStore(store_dir)) == []
+
+
+def test_ctrl_c_during_ingest_publishes_nothing_and_cleans_up(
+    tmp_path: Path, tiny_source: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    proc = subprocess.Popen(
+        streamcdn_cmd("ingest", str(tiny_source), "--title", "t", "--store", str(store_dir)),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not any(store_dir.glob(".ingest-*/360p/seg_*")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=20)
+    assert proc.returncode != 0
+    assert "Traceback" not in err
+    assert store_entries(TitleStore(store_dir)) == []
