@@ -1,0 +1,79 @@
+"""Range and validator decisions (RFC 9110 13-14), by example and by property."""
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamcdn.byteserving import ByteRange, decide
+
+ETAG = '"abc"'
+
+
+def test_no_headers_is_a_plain_200() -> None:
+    assert decide({}, 100, ETAG).status == 200
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("bytes=0-0", ByteRange(0, 0)),
+        ("bytes=90-", ByteRange(90, 99)),
+        ("bytes=-10", ByteRange(90, 99)),
+        ("bytes=-500", ByteRange(0, 99)),
+        ("bytes=50-5000", ByteRange(50, 99)),
+        (" bytes = 1 - 2 ", ByteRange(1, 2)),
+    ],
+)
+def test_single_ranges(header: str, expected: ByteRange) -> None:
+    d = decide({"Range": header}, 100, ETAG)
+    assert (d.status, d.range) == (206, expected)
+    assert d.headers(100) == {"Content-Range": f"bytes {expected.start}-{expected.end}/100"}
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=100-200", "bytes=-0"])
+def test_unsatisfiable(header: str) -> None:
+    d = decide({"Range": header}, 100, ETAG)
+    assert d.status == 416 and d.headers(100) == {"Content-Range": "bytes */100"}
+
+
+def test_any_range_of_an_empty_object_is_unsatisfiable() -> None:
+    assert decide({"Range": "bytes=0-"}, 0, ETAG).status == 416
+    assert decide({"Range": "bytes=-5"}, 0, ETAG).status == 416
+
+
+@pytest.mark.parametrize(
+    "header", ["bytes=0-1,3-4", "bytes=", "bytes=-", "bytes=5-1", "pages=0-1", "bytes=1" + "0" * 30]
+)
+def test_ignored_ranges(header: str) -> None:
+    assert decide({"Range": header}, 100, ETAG).status == 200
+
+
+def test_validators() -> None:
+    assert decide({"If-None-Match": ETAG}, 100, ETAG).status == 304
+    assert decide({"If-None-Match": f'"x", W/{ETAG}'}, 100, ETAG).status == 304  # weak compare
+    assert decide({"If-None-Match": "*"}, 100, ETAG).status == 304
+    assert decide({"If-None-Match": '"x"', "Range": "bytes=0-1"}, 100, ETAG).status == 206
+    assert decide({"If-Range": '"old"', "Range": "bytes=0-1"}, 100, ETAG).status == 200
+    assert decide({"If-Range": f"W/{ETAG}", "Range": "bytes=0-1"}, 100, ETAG).status == 200
+    assert decide({"If-Range": ETAG, "Range": "bytes=0-1"}, 100, ETAG).status == 206
+
+
+@settings(max_examples=2000)
+@given(
+    header=st.one_of(
+        st.text(max_size=40),
+        st.builds(
+            lambda a, b: f"bytes={a}-{b}",
+            st.integers(0, 300) | st.just(""),
+            st.integers(0, 300) | st.just(""),
+        ),
+    ),
+    size=st.integers(0, 250),
+)
+def test_any_range_header_gives_a_sound_decision(header: str, size: int) -> None:
+    d = decide({"Range": header}, size, ETAG)
+    assert d.status in (200, 206, 416)
+    if d.status == 206:
+        assert d.range is not None
+        assert 0 <= d.range.start <= d.range.end < size
+        assert d.range.length >= 1
