@@ -2,8 +2,8 @@
 
 They are the sample catalogue, and their spread of visual complexity is what per-title
 encoding later adapts to: a calm gradient compresses to almost nothing, a moving
-test pattern is moderate, and a Game of Life or a Mandelbrot zoom is full of
-fine detail that changes every frame.
+test pattern is moderate, and a cellular automaton or a Mandelbrot zoom is full
+of fine detail that changes every frame.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MAX_SAMPLE_S = 3600
 class Pattern:
     name: str
     complexity: str
-    source: str  # lavfi graph with {w}, {h}, {r} placeholders; {qw}, {qh} are a quarter size
+    source: str  # lavfi graph with {w}, {h}, {r}; {cw}, {ch}: size / 8
     tone_hz: int
 
 
@@ -42,7 +42,9 @@ PATTERNS: dict[str, Pattern] = {
         Pattern(
             "life",
             "high",
-            "life=s={qw}x{qh}:r={r}:ratio=0.35:mold=25:seed=1:"
+            # Seeds (B2/S), a Life-like rule that never settles, in 8x8-pixel cells:
+            # Conway's rule decays to still lifes within seconds and becomes easy to encode.
+            "life=s={cw}x{ch}:r={r}:rule=B2/S:ratio=0.05:mold=40:seed=1:"
             "life_color=#f0e060:death_color=#802040:mold_color=#102040,"
             "scale={w}:{h}:flags=neighbor",
             660,
@@ -88,7 +90,7 @@ def make_sample(
     p = PATTERNS[pattern]
     w, h = size
     video = ffmpeg_graph.input(
-        p.source.format(w=w, h=h, qw=w // 4, qh=h // 4, r=SAMPLE_FPS), f="lavfi", t=duration_s
+        p.source.format(w=w, h=h, cw=w // 8, ch=h // 8, r=SAMPLE_FPS), f="lavfi", t=duration_s
     )
     # A soft beep once a second over a steady tone, so audio sync is audible.
     tone = ffmpeg_graph.input(

@@ -4,44 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Sequence
 from pathlib import Path
-
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from streamcdn import __version__
 from streamcdn.errors import UserError
+from streamcdn.progress import console, ingest_with_progress, progress_bar
 
 DEFAULT_STORE = "store"
 DEFAULT_HOST = "127.0.0.1"
 ORIGIN_PORT = 8082
-
-console = Console(stderr=True)
-
-
-@contextmanager
-def progress_bar(label: str, total_s: float) -> Iterator[Callable[[float], None]]:
-    """A rich progress bar over ``total_s`` seconds of media; yields the update callback."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.percentage:>5.1f}%"),
-        TextColumn("{task.fields[speed]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task(label, total=total_s, speed="")
-
-        def update(done_s: float) -> None:
-            elapsed = progress.tasks[0].elapsed or 0
-            speed = f"{done_s / elapsed:.2f}x" if elapsed > 0.5 else ""
-            progress.update(task, completed=min(done_s, total_s), speed=speed)
-
-        yield update
-        progress.update(task, completed=total_s)
 
 
 def positive_float(text: str) -> float:
@@ -74,36 +46,6 @@ def cmd_sample(args: argparse.Namespace) -> None:
     console.print(f"wrote {args.out}")
 
 
-def ingest_with_progress(
-    source: Path, title: str, store_dir: Path, *, name: str | None, force: bool
-) -> dict[str, object]:
-    from media.ladder import Rung
-    from media.probe import MediaInfo
-    from origin.ingest import ingest
-    from origin.store import TitleStore
-
-    bar: list[Callable[[float], None]] = []
-    with ExitStack() as stack:
-
-        def on_probe(info: MediaInfo, rungs: list[Rung]) -> None:
-            console.print(
-                f"{source.name}: {info.width}x{info.height} {info.fps:.3f} fps "
-                f"{info.duration_s:.1f} s -> {', '.join(r.name for r in rungs)}"
-            )
-            bar.append(stack.enter_context(progress_bar(f"ingest {title}", info.duration_s)))
-
-        manifest = ingest(
-            source,
-            title,
-            TitleStore(store_dir),
-            name=name,
-            force=force,
-            on_probe=on_probe,
-            on_progress=lambda s: bar[0](s) if bar else None,
-        )
-    return manifest
-
-
 def cmd_ingest(args: argparse.Namespace) -> None:
     manifest = ingest_with_progress(
         args.file, args.title, args.store, name=args.name, force=args.force
@@ -125,7 +67,7 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from streamcdn.demo import run_demo
 
-    run_demo(args.data, port_base=args.port_base)
+    run_demo(args.data, port_base=args.port_base, quick=args.quick)
 
 
 # -- parser ------------------------------------------------------------------------
@@ -153,6 +95,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=port_number,
         default=8080,
         help="control's port; the others follow it (default 8080, origin +2)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="make small samples (6 s, 640x360) instead of 30 s 1080p ones, for a fast look",
     )
     p.set_defaults(func=cmd_demo)
 

@@ -17,14 +17,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.console import Console
-
 from streamcdn.errors import UserError
-
-console = Console(stderr=True)
+from streamcdn.progress import console
 
 SAMPLE_DURATION_S = 30.0
 SAMPLE_SIZE = (1920, 1080)
+QUICK_DURATION_S = 6.0  # --quick: small samples for a fast first look (and the tests)
+QUICK_SIZE = (640, 360)
 START_TIMEOUT_S = 20.0
 ORIGIN_OFFSET = 2  # ports: control = base, steering = base + 1, origin = base + 2
 
@@ -39,15 +38,15 @@ class DemoTitle:
 CATALOGUE = (
     DemoTitle("calm", "Calm Gradient", "calm"),
     DemoTitle("testsrc", "Test Pattern", "testsrc"),
-    DemoTitle("life", "Game of Life", "life"),
+    DemoTitle("life", "Seeds (cellular automaton)", "life"),
 )
 
 
-def prepare_titles(data: Path) -> Path:
+def prepare_titles(data: Path, *, quick: bool = False) -> Path:
     """Make and ingest whatever sample title is missing; return the store directory."""
     from media.sample import make_sample
     from origin.store import TitleStore
-    from streamcdn.cli import ingest_with_progress, progress_bar
+    from streamcdn.progress import ingest_with_progress, progress_bar
 
     samples, store_dir = data / "samples", data / "store"
     try:
@@ -55,16 +54,17 @@ def prepare_titles(data: Path) -> Path:
     except OSError as exc:
         raise UserError(f"--data {data}: cannot create: {exc.strerror}") from None
     store = TitleStore(store_dir).ensure()
+    duration_s, size = (QUICK_DURATION_S, QUICK_SIZE) if quick else (SAMPLE_DURATION_S, SAMPLE_SIZE)
     for t in CATALOGUE:
         if store.exists(t.title):
             continue
         source = samples / f"{t.title}.mp4"
         if not source.exists():
-            with progress_bar(f"sample {t.title}", SAMPLE_DURATION_S) as update:
+            with progress_bar(f"sample {t.title}", duration_s) as update:
                 make_sample(
                     source,
-                    duration_s=SAMPLE_DURATION_S,
-                    size=SAMPLE_SIZE,
+                    duration_s=duration_s,
+                    size=size,
                     pattern=t.pattern,
                     on_progress=update,
                 )
@@ -115,9 +115,11 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
-def run_demo(data: Path, *, port_base: int = 8080, host: str = "127.0.0.1") -> None:
+def run_demo(
+    data: Path, *, port_base: int = 8080, host: str = "127.0.0.1", quick: bool = False
+) -> None:
     data = data.resolve()
-    store_dir = prepare_titles(data)
+    store_dir = prepare_titles(data, quick=quick)
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     origin_url = f"http://{host}:{port_base + ORIGIN_OFFSET}"

@@ -1,0 +1,86 @@
+"""`streamcdn demo --quick` as a user runs it: up, playable, Ctrl-C, and quick the second time."""
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from media.ffmpeg import ffmpeg_path
+from tests.conftest import free_port, streamcdn_cmd
+
+
+def start_demo(data: Path, port_base: int) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        streamcdn_cmd("demo", "--data", str(data), "--port-base", str(port_base), "--quick"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_for_demo_json(data: Path, proc: subprocess.Popen[str], timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"demo exited early with {proc.returncode}: {proc.stderr.read()[-800:]}")
+        path = data / "demo.json"
+        if path.exists():
+            info = json.loads(path.read_text())
+            if info["pid"] == proc.pid:
+                return info
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"demo did not come up within {timeout_s} s")
+
+
+def interrupt(proc: subprocess.Popen[str]) -> str:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode in (0, 130), err[-800:]
+    assert "Traceback" not in err
+    return err
+
+
+def test_demo_serves_playable_titles_and_restarts_without_redoing_work(tmp_path: Path) -> None:
+    data, port_base = tmp_path / "demo", free_port() - 2
+    proc = start_demo(data, port_base)
+    info = wait_for_demo_json(data, proc, timeout_s=240)
+    assert sorted(info["titles"]) == ["calm", "life", "testsrc"]
+    for title in info["titles"].values():
+        out = subprocess.run(
+            [
+                ffmpeg_path(),
+                "-hide_banner",
+                "-nostdin",
+                "-i",
+                title["master"],
+                "-map",
+                "0",
+                "-c",
+                "copy",
+                "-f",
+                "null",
+                "-",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr[-800:]
+    err = interrupt(proc)
+    assert "vlc http://" in err  # the demo told the user how to play a title
+    with pytest.raises(OSError):  # the origin was stopped with the demo
+        urllib.request.urlopen(f"{info['origin']}/health", timeout=2)
+    manifests = {p: p.stat().st_ino for p in (data / "store").glob("*/manifest.json")}
+    assert len(manifests) == 3
+
+    started = time.monotonic()
+    proc = start_demo(data, port_base)
+    wait_for_demo_json(data, proc, timeout_s=30)
+    assert time.monotonic() - started < 15  # nothing is made or ingested again
+    interrupt(proc)
+    assert {p: p.stat().st_ino for p in manifests} == manifests
