@@ -115,10 +115,16 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.kill()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(
     data: Path, *, port_base: int = 8080, host: str = "127.0.0.1", quick: bool = False
 ) -> None:
     data = data.resolve()
+    # SIGTERM (a service manager, `kill`) stops the demo as cleanly as Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
     store_dir = prepare_titles(data, quick=quick)
     logs = data / "logs"
     logs.mkdir(exist_ok=True)

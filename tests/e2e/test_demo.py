@@ -37,8 +37,8 @@ def wait_for_demo_json(data: Path, proc: subprocess.Popen[str], timeout_s: float
     pytest.fail(f"demo did not come up within {timeout_s} s")
 
 
-def interrupt(proc: subprocess.Popen[str]) -> str:
-    proc.send_signal(signal.SIGINT)
+def interrupt(proc: subprocess.Popen[str], signum: int = signal.SIGINT) -> str:
+    proc.send_signal(signum)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode in (0, 130), err[-800:]
     assert "Traceback" not in err
@@ -82,5 +82,7 @@ def test_demo_serves_playable_titles_and_restarts_without_redoing_work(tmp_path:
     proc = start_demo(data, port_base)
     wait_for_demo_json(data, proc, timeout_s=30)
     assert time.monotonic() - started < 15  # nothing is made or ingested again
-    interrupt(proc)
+    interrupt(proc, signal.SIGTERM)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"{info['origin']}/health", timeout=2)
     assert {p: p.stat().st_ino for p in manifests} == manifests
