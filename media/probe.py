@@ -26,6 +26,7 @@ _SIZE = re.compile(r"(?<![\w.])(\d{1,5})x(\d{1,5})(?![\w.])")
 _FPS = re.compile(r"([\d.]+)(k?) (fps|tbr)")
 _RATE_HZ = re.compile(r"(\d+) Hz")
 _ROTATION = re.compile(r"rotation of (-?[\d.]+) degrees")
+_SAR = re.compile(r"\[SAR (\d+):(\d+) DAR")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,12 @@ class MediaInfo:
     frame_rate: Fraction
     has_audio: bool
     audio_rate_hz: int | None = None
+    sample_aspect: Fraction = Fraction(1)  # pixel shape; 1 = square pixels
+
+    @property
+    def display_width(self) -> int:
+        """The width at which the picture is meant to be shown (anamorphic sources differ)."""
+        return round(self.width * self.sample_aspect)
 
     @property
     def fps(self) -> float:
@@ -70,9 +77,16 @@ def parse_banner(path: Path, banner: str) -> MediaInfo:
     if not size:
         raise UserError(f"{path}: cannot read the video size")
     width, height = int(size.group(1)), int(size.group(2))
+    sar = _SAR.search(video)
+    sample_aspect = Fraction(1)
+    if sar and int(sar.group(1)) > 0 and int(sar.group(2)) > 0:
+        sample_aspect = Fraction(int(sar.group(1)), int(sar.group(2)))
+        if not Fraction(1, 4) <= sample_aspect <= 4:
+            sample_aspect = Fraction(1)  # nonsense metadata: trust the pixels
     rotation = _ROTATION.search(banner)
     if rotation and round(abs(float(rotation.group(1)))) % 180 == 90:
         width, height = height, width  # ffmpeg autorotates while decoding
+        sample_aspect = 1 / sample_aspect
     if not (16 <= width <= MAX_DIMENSION_PX and 16 <= height <= MAX_DIMENSION_PX):
         raise UserError(f"{path}: video size {width}x{height} is outside 16..{MAX_DIMENSION_PX}")
     rate = _frame_rate(video)
@@ -94,6 +108,7 @@ def parse_banner(path: Path, banner: str) -> MediaInfo:
         frame_rate=rate,
         has_audio=audio is not None,
         audio_rate_hz=int(rate_hz.group(1)) if rate_hz else None,
+        sample_aspect=sample_aspect,
     )
 
 

@@ -9,6 +9,7 @@ keyframes every SEGMENT_S seconds and no scene-cut keyframes (``-sc_threshold 0`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import ffmpeg as ffmpeg_graph
@@ -65,25 +66,26 @@ class Ladder:
     renditions: tuple[Rendition, ...]
 
 
-def output_fps(info: MediaInfo) -> float:
-    fps = info.fps
-    return fps / 2 if fps > MAX_FPS else fps
+def output_rate(info: MediaInfo) -> Fraction:
+    rate = info.frame_rate
+    return rate / 2 if rate > MAX_FPS else rate
 
 
 def ffmpeg_args(
     source: Path, out_dir: Path, rungs: list[Rung], info: MediaInfo, preset: str = DEFAULT_PRESET
 ) -> list[str]:
     """The arguments (without the ffmpeg binary) for the one-process ladder transcode."""
-    fps = output_fps(info)
-    gop = max(1, round(SEGMENT_S * fps))
+    rate = output_rate(info)
+    gop = max(1, round(SEGMENT_S * rate))
     src = ffmpeg_graph.input(str(source))
-    video = src["v:0"]
-    if fps != info.fps:
-        video = video.filter("fps", fps=fps)
-    video = video.filter("format", "yuv420p")
+    # Constant frame rate out, whatever comes in (phones record VFR), so every segment
+    # has the same frame count and the fixed GOP never adds a keyframe mid-segment.
+    video = src["v:0"].filter("fps", fps=str(rate)).filter("format", "yuv420p")
     branches = video.split() if len(rungs) > 1 else None
     streams = [
-        (branches[i] if branches is not None else video).filter("scale", r.width, r.height)
+        (branches[i] if branches is not None else video)
+        .filter("scale", r.width, r.height)
+        .filter("setsar", "1")
         for i, r in enumerate(rungs)
     ]
     kwargs: dict[str, str | int] = {
@@ -150,7 +152,7 @@ def _read_ffmpeg_playlist(rendition_dir: Path) -> MediaPlaylist:
 
 def finalize(out_dir: Path, rungs: list[Rung], info: MediaInfo) -> Ladder:
     """Rewrite ffmpeg's playlists with per-segment bitrates, write the master, check alignment."""
-    fps = output_fps(info)
+    fps = float(output_rate(info))
     variants = []
     renditions = []
     for r in rungs:

@@ -56,7 +56,7 @@ def ingest(
     if store.exists(title) and not force:
         raise UserError(f"title {title!r} already exists; use --force to replace it")
     info = probe(source)
-    rungs = ladders.plan_ladder(info.width, info.height, ladder)
+    rungs = ladders.plan_ladder(info.display_width, info.height, ladder)
     if on_probe is not None:
         on_probe(info, rungs)
     staging = store.new_staging(title)

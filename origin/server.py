@@ -117,7 +117,7 @@ async def title_file(request: web.Request) -> web.Response:
 
 
 def create_app(store_dir: str | Path) -> web.Application:
-    store = TitleStore(store_dir).ensure()
+    store = TitleStore(store_dir).ensure(writable=False)
     app = service.create_app("origin")
     app[STORE] = store
     app[service.HEALTH_CHECKS].append(lambda: {"titles": len(store.titles())})

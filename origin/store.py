@@ -86,15 +86,21 @@ class TitleStore:
         # title -> ((inode, mtime_ns), manifest, files); a re-publish changes the inode.
         self._cache: dict[str, tuple[tuple[int, int], dict[str, Any], dict[str, FileEntry]]] = {}
 
-    def ensure(self) -> TitleStore:
-        """Create the store directory if needed; raise UserError if it cannot be used."""
+    def ensure(self, *, writable: bool = True) -> TitleStore:
+        """Create the store directory if needed; raise UserError if it cannot be used.
+
+        An origin only reads, so it may serve a read-only store (``writable=False``).
+        """
         try:
             self.root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UserError(f"store {self.root}: cannot create: {exc.strerror}") from None
-        if not os.access(self.root, os.W_OK | os.X_OK):
+        if not os.access(self.root, os.R_OK | os.X_OK):
+            raise UserError(f"store {self.root}: not readable")
+        if os.access(self.root, os.W_OK):
+            self.sweep()
+        elif writable:
             raise UserError(f"store {self.root}: not writable")
-        self.sweep()
         return self
 
     # -- reading -------------------------------------------------------------------
@@ -173,7 +179,12 @@ class TitleStore:
             # see a brief 404, never a mix of old and new files.
             trash = self.root / f"{TRASH_PREFIX}{title}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             final.rename(trash)
-        staging.rename(final)
+        try:
+            staging.rename(final)
+        except OSError:
+            if trash is not None:
+                trash.rename(final)  # put the old title back rather than lose it
+            raise
         _fsync_dir(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)

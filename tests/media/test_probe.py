@@ -86,3 +86,11 @@ def test_samples_of_each_pattern_differ_in_complexity(tmp_path: Path) -> None:
         assert probe(out).duration_s == pytest.approx(2, abs=0.1)
         sizes[pattern] = out.stat().st_size
     assert sizes["calm"] * 2 < sizes["testsrc"] < sizes["life"]
+
+
+def test_parse_banner_reads_the_pixel_aspect() -> None:
+    dvd = BANNER.replace("1920x1080,", "720x480 [SAR 32:27 DAR 16:9],").replace(
+        "displaymatrix: rotation of -90.00 degrees", ""
+    )
+    info = parse_banner(Path("dvd.mpg"), dvd)
+    assert (info.width, info.display_width) == (720, 853)

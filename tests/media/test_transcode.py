@@ -150,3 +150,34 @@ def test_the_ladder_plays_end_to_end_in_ffmpeg(title_dir: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-500:]
     assert "error" not in out.stderr.lower()
+
+
+def test_anamorphic_sources_come_out_with_square_pixels(tmp_path: Path) -> None:
+    """A 640x360 picture with 4:3 pixels is shown 853 wide: the ladder keeps that shape."""
+    source = tmp_path / "anamorphic.mp4"
+    ffmpeg.run(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=s=640x360:r=25",
+            "-t",
+            "4",
+            "-vf",
+            "setsar=4/3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            str(source),
+        ]
+    )
+    info = probe(source)
+    assert info.display_width == 853
+    store = TitleStore(tmp_path / "store")
+    ingest(source, "wide", store)
+    master = m3u8.load(str(store.root / "wide" / "master.m3u8"))
+    assert [p.stream_info.resolution for p in master.playlists] == [(852, 360), (568, 240)]
+    assert master.playlists[0].stream_info.frame_rate == 25.0
+    out = probe(join_segment(store.root / "wide", "360p", "seg_00000.m4s", tmp_path))
+    assert (out.width, out.height, out.sample_aspect) == (852, 360, 1)

@@ -2,6 +2,7 @@
 
 import asyncio
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,15 @@ async def test_health_and_metrics(client: TestClient) -> None:
         and 'status="200"' in ln
     ]
     assert sent and float(sent[0].rsplit(" ", 1)[1]) > 1000
+
+
+async def test_a_read_only_store_is_served(aiohttp_client, tmp_path: Path, store) -> None:
+    copy = tmp_path / "ro"
+    shutil.copytree(store.root, copy)
+    subprocess.run(["mount", "--bind", "-o", "ro", str(copy), str(copy)], check=True)
+    subprocess.run(["mount", "-o", "remount,ro,bind", str(copy)], check=True)
+    try:
+        client = await aiohttp_client(create_app(copy))
+        assert (await client.get(f"/titles/{TITLE}/{SEGMENT}")).status == 200
+    finally:
+        subprocess.run(["umount", str(copy)], check=False)
