@@ -27,12 +27,16 @@ class FfmpegError(UserError):
     """ffmpeg ran and failed; the message carries its last meaningful stderr line."""
 
 
+def _executable(path: str) -> bool:
+    return Path(path).is_file() and os.access(path, os.X_OK)
+
+
 @cache
 def ffmpeg_path() -> str:
     """The ffmpeg binary to use; raise a UserError naming every place looked at."""
     env = os.environ.get(ENV_VAR)
     if env:
-        if Path(env).is_file() and os.access(env, os.X_OK):
+        if _executable(env):
             return env
         raise UserError(f"${ENV_VAR} is set to {env!r}, which is not an executable file")
     on_path = shutil.which("ffmpeg")
@@ -41,12 +45,17 @@ def ffmpeg_path() -> str:
     try:
         import imageio_ffmpeg
 
-        return imageio_ffmpeg.get_ffmpeg_exe()
+        wheel = imageio_ffmpeg.get_ffmpeg_exe()
     except (ImportError, RuntimeError) as exc:
-        raise UserError(
-            f"ffmpeg not found: ${ENV_VAR} is unset, there is no ffmpeg on PATH, and the "
-            f"imageio-ffmpeg wheel has no binary ({exc})"
-        ) from None
+        wheel, why = None, str(exc)
+    else:
+        why = f"{wheel} is not an executable file"
+    if wheel and _executable(wheel):
+        return wheel
+    raise UserError(
+        f"ffmpeg not found: ${ENV_VAR} is unset, there is no ffmpeg on PATH, and the "
+        f"imageio-ffmpeg wheel gave none ({why}); install ffmpeg or set ${ENV_VAR}"
+    )
 
 
 def _last_error_line(stderr: str) -> str:

@@ -81,6 +81,14 @@ def test_a_bad_ffmpeg_setting_is_named(tmp_path: Path) -> None:
     assert_one_line_error(res, "STREAMCDN_FFMPEG", "/nonexistent/ffmpeg")
 
 
+def test_no_ffmpeg_anywhere_is_one_line(tmp_path: Path) -> None:
+    # imageio-ffmpeg's own override points its lookup at nothing, and PATH has no ffmpeg.
+    env = {"PATH": str(tmp_path), "STREAMCDN_FFMPEG": "", "IMAGEIO_FFMPEG_EXE": "/nonexistent"}
+    res = run("sample", str(tmp_path / "x.mp4"), "--duration", "1", env=env)
+    assert_one_line_error(res, "ffmpeg not found", "STREAMCDN_FFMPEG")
+    assert not (tmp_path / "x.mp4").exists()
+
+
 def test_ffmpeg_is_found_without_path_or_setting(tmp_path: Path) -> None:
     """pip alone is enough: with no ffmpeg on PATH, the imageio-ffmpeg binary is used."""
     env = {"PATH": str(tmp_path), "STREAMCDN_FFMPEG": ""}
