@@ -56,6 +56,24 @@ def cmd_ingest(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_token(args: argparse.Namespace) -> None:
+    import time
+
+    from streamcdn.ids import check_title_id
+    from streamcdn.tokens import SigningKey, sign, title_prefix
+
+    check_title_id(args.title)
+    try:
+        key = SigningKey.parse(args.key)
+        token = sign(
+            title_prefix(args.title), key, expires=int(time.time() + args.ttl), cidr=args.cidr or ""
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    prefix = f"/s/{token}/{title_prefix(args.title)}"
+    print(f"{args.base.rstrip('/')}{prefix}master.m3u8" if args.base else prefix)
+
+
 def cmd_serve(args: argparse.Namespace) -> None:
     from origin.server import create_app
     from streamcdn import service
@@ -127,6 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace an existing title")
     p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("token", help="print a signed path prefix for one title")
+    p.add_argument("--title", required=True, help="the title the token covers")
+    p.add_argument("--key", required=True, help="signing key: SECRET or KEYID:SECRET")
+    p.add_argument(
+        "--ttl",
+        type=positive_float,
+        default=6 * 3600,
+        help="seconds until it expires (default 6 h)",
+    )
+    p.add_argument("--cidr", help="only valid for clients in this network, e.g. 127.0.1.0/24")
+    p.add_argument("--base", help="an appliance URL: print the title's full master URL instead")
+    p.set_defaults(func=cmd_token)
 
     p = sub.add_parser("serve", help="run one service")
     p.add_argument("service", choices=["origin"])

@@ -103,3 +103,20 @@ def test_serve_origin_with_an_unusable_store_is_one_line(tmp_path: Path) -> None
     assert_one_line_error(
         run("serve", "origin", "--store", str(blocker / "store")), "cannot create"
     )
+
+
+def test_token_prints_a_prefix_that_verifies() -> None:
+    import time
+
+    from streamcdn.tokens import Grant, SigningKey, key_ring, verify
+
+    res = run("token", "--title", "calm", "--key", "k1:0123456789abcdef", "--ttl", "60")
+    assert res.returncode == 0, res.stderr
+    prefix = res.stdout.strip()
+    assert prefix.startswith("/s/") and prefix.endswith("/titles/calm/")
+    token = prefix.split("/")[2]
+    keys = key_ring([SigningKey.parse("k1:0123456789abcdef")])
+    grant = verify(token, "titles/calm/master.m3u8", keys=keys, now=time.time())
+    assert isinstance(grant, Grant) and time.time() + 50 < grant.expires <= time.time() + 61
+    assert_one_line_error(run("token", "--title", "calm", "--key", "short"), "at least 16")
+    assert_one_line_error(run("token", "--title", "../x", "--key", "0123456789abcdef"), "title id")
