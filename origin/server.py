@@ -17,12 +17,12 @@ from origin.store import MANIFEST, FileEntry, TitleStore
 from streamcdn import service
 from streamcdn.byteserving import decide
 from streamcdn.digest import digest_bytes, digest_file, header_value
-from streamcdn.ids import is_valid_title_id
+from streamcdn.ids import is_valid_rel_path, is_valid_title_id
 
 log = logging.getLogger("streamcdn.origin")
 
 STORE = web.AppKey("store", TitleStore)
-MAX_PATH_LEN = 512
+NOT_FOUND_HEADER = "X-Not-Found"
 PLAYLIST_MAX_AGE_S = 60
 MEDIA_MAX_AGE_S = 86_400
 CONTENT_TYPES = {
@@ -34,19 +34,17 @@ CONTENT_TYPES = {
 }
 
 
-def valid_rel_path(rel: str) -> bool:
-    """A relative path of plain segments: no '.', '..', empty parts, backslashes or controls."""
-    if not rel or len(rel) > MAX_PATH_LEN or "\\" in rel or not rel.isprintable():
-        return False
-    parts = rel.split("/")
-    return all(p not in ("", ".", "..") for p in parts)
-
-
 def _title(request: web.Request) -> str:
     title = request.match_info["title"]
     if not is_valid_title_id(title):
         raise web.HTTPBadRequest(text=f"invalid title id {title[:80]!r}")
     return title
+
+
+def unknown_title(title: str) -> web.HTTPNotFound:
+    # Appliances remember this header briefly for the whole title, so requests for
+    # made-up titles cannot storm the origin one path at a time.
+    return web.HTTPNotFound(text=f"no title {title!r}", headers={NOT_FOUND_HEADER: "title"})
 
 
 async def list_titles(request: web.Request) -> web.Response:
@@ -93,7 +91,7 @@ async def title_manifest(request: web.Request) -> web.Response:
     store = request.app[STORE]
     title = _title(request)
     if store.manifest(title) is None:
-        raise web.HTTPNotFound(text=f"no title {title!r}")
+        raise unknown_title(title)
     path = store.manifest_path(title)
     # The manifest describes the other files, so it is digested as it is read.
     entry = await asyncio.to_thread(lambda: FileEntry(path.stat().st_size, digest_file(path)))
@@ -104,10 +102,10 @@ async def title_file(request: web.Request) -> web.Response:
     store = request.app[STORE]
     title = _title(request)
     rel = request.match_info["path"]
-    if not valid_rel_path(rel):
+    if not is_valid_rel_path(rel):
         raise web.HTTPBadRequest(text="invalid path")
     if store.manifest(title) is None:
-        raise web.HTTPNotFound(text=f"no title {title!r}")
+        raise unknown_title(title)
     found = store.lookup(title, rel)
     if found is None:
         raise web.HTTPNotFound(text=f"no file {rel[:80]!r} in title {title!r}")

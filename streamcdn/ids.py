@@ -9,6 +9,7 @@ import re
 from streamcdn.errors import UserError
 
 MAX_TITLE_ID_LEN = 64
+MAX_PATH_LEN = 512
 _TITLE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -26,3 +27,14 @@ def check_title_id(title: str) -> str:
             "starting with a letter or digit, and no '..'"
         )
     return title
+
+
+def is_valid_rel_path(rel: str) -> bool:
+    """A path inside a title: plain segments, no '.', '..', empty parts, backslashes or controls.
+
+    Servers still look paths up (in a manifest, in a cache index) rather than join them to
+    a directory; this check only turns malformed paths into a clear 400 early.
+    """
+    if not rel or len(rel) > MAX_PATH_LEN or "\\" in rel or not rel.isprintable():
+        return False
+    return all(part not in ("", ".", "..") for part in rel.split("/"))

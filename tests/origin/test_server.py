@@ -159,6 +159,8 @@ async def test_malformed_and_unknown_paths(client: TestClient, path: str, status
     r = await client.get(path)
     assert r.status == status
     assert (await r.json())["status"] == status
+    # Appliances cache "no such title" for the whole title; only unknown titles say so.
+    assert (r.headers.get("X-Not-Found") == "title") == ("/unknown/" in path)
 
 
 async def test_a_corrupted_file_is_never_served(aiohttp_client, tmp_path: Path, store) -> None:
