@@ -74,12 +74,46 @@ def cmd_token(args: argparse.Namespace) -> None:
     print(f"{args.base.rstrip('/')}{prefix}master.m3u8" if args.base else prefix)
 
 
-def cmd_serve(args: argparse.Namespace) -> None:
+def cmd_serve_origin(args: argparse.Namespace) -> None:
     from origin.server import create_app
     from streamcdn import service
 
     app = create_app(args.store)
-    service.run(app, host=args.host, port=args.port or ORIGIN_PORT)
+    service.run(app, host=args.host, port=args.port)
+
+
+def cmd_serve_appliance(args: argparse.Namespace) -> None:
+    from appliance.config import ApplianceConfig
+    from appliance.server import create_app
+    from streamcdn import service
+    from streamcdn.tokens import SigningKey
+    from streamcdn.units import parse_size
+
+    try:
+        keys = tuple(SigningKey.parse(k) for k in args.key)
+        mem, disk = parse_size(args.mem), parse_size(args.disk)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    config = ApplianceConfig(
+        id=args.id,
+        cache_dir=args.cache_dir,
+        upstreams=tuple(args.upstream),
+        mem_bytes=mem,
+        disk_bytes=disk,
+        host=args.host,
+        port=args.port,
+        site=args.site,
+        policy=args.policy or ApplianceConfig.policy,
+        keys=keys,
+        admin_key=args.admin_key,
+        open=args.open,
+        steering=args.steering,
+    )
+    try:
+        config.cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--cache-dir {config.cache_dir}: {exc.strerror}") from None
+    service.run(create_app(config), host=config.host, port=config.port)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -159,18 +193,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="an appliance URL: print the title's full master URL instead")
     p.set_defaults(func=cmd_token)
 
-    p = sub.add_parser("serve", help="run one service")
-    p.add_argument("service", choices=["origin"])
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
-    p.add_argument("--port", type=port_number, help=f"port (origin default {ORIGIN_PORT})")
+    serve = sub.add_parser("serve", help="run one service").add_subparsers(
+        dest="service", metavar="SERVICE", required=True
+    )
+    p = serve.add_parser("origin", help="serve the title store over HTTP")
+    add_listen_args(p, ORIGIN_PORT)
     p.add_argument(
         "--store",
         type=Path,
         default=Path(DEFAULT_STORE),
-        help=f"origin: title store directory (default ./{DEFAULT_STORE})",
+        help=f"title store directory (default ./{DEFAULT_STORE})",
     )
-    p.set_defaults(func=cmd_serve)
+    p.set_defaults(func=cmd_serve_origin)
+
+    p = serve.add_parser("appliance", help="a cache appliance in front of an origin or a parent")
+    add_listen_args(p, 8100)
+    p.add_argument("--id", required=True, help="this appliance's name, e.g. a1")
+    p.add_argument("--cache-dir", type=Path, required=True, help="where the disk tier lives")
+    p.add_argument("--mem", default="256MB", help="memory tier size (default 256MB)")
+    p.add_argument("--disk", default="20GB", help="disk tier size (default 20GB)")
+    p.add_argument(
+        "--upstream",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="where misses go, in order (a parent appliance, then the origin)",
+    )
+    p.add_argument("--site", default="default", help="the site this appliance belongs to")
+    p.add_argument("--policy", help="eviction policy of both tiers (default: our own best)")
+    p.add_argument(
+        "--key",
+        action="append",
+        default=[],
+        metavar="[KEYID:]SECRET",
+        help="a URL signing key; repeat while keys rotate",
+    )
+    p.add_argument("--admin-key", help="the key for /admin/ (at least 16 characters)")
+    p.add_argument("--open", action="store_true", help="also serve unsigned /titles/... URLs")
+    p.add_argument("--steering", metavar="URL", help="steering service to send heartbeats to")
+    p.set_defaults(func=cmd_serve_appliance)
     return parser
+
+
+def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
+    p.add_argument(
+        "--port", type=port_number, default=default_port, help=f"port (default {default_port})"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,1 @@
+"""The cache appliance: tiers, eviction policies, coalesced fill, HTTP server."""

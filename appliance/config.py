@@ -1,0 +1,73 @@
+"""Every setting of an appliance, with units in the names, checked in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from appliance.policies import DEFAULT_POLICY, POLICIES
+from streamcdn.errors import UserError
+from streamcdn.ids import is_valid_title_id
+from streamcdn.tokens import SigningKey, key_ring
+
+APPLIANCE_PORT = 8100
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    id: str
+    cache_dir: Path
+    upstreams: tuple[str, ...]
+    mem_bytes: int = 256 * 10**6
+    disk_bytes: int = 20 * 10**9
+    host: str = "127.0.0.1"
+    port: int = APPLIANCE_PORT
+    site: str = "default"
+    policy: str = DEFAULT_POLICY
+    keys: tuple[SigningKey, ...] = ()
+    admin_key: str | None = None
+    open: bool = False  # serve unsigned /titles/... too
+    steering: str | None = None
+    lock_timeout_s: float = 10.0  # a waiter stops waiting for a stuck fill and fetches itself
+    upstream_connect_timeout_s: float = 3.0
+    upstream_read_timeout_s: float = 10.0  # between two chunks of an upstream body
+    negative_ttl_s: float = 5.0  # how long a 404 is remembered
+    parent_token_ttl_s: float = 300.0  # tokens this appliance signs for its parents
+    extra: dict[str, str] = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not is_valid_title_id(self.id):
+            raise UserError(f"--id {self.id!r}: use letters, digits, '.', '_' and '-'")
+        if not self.upstreams:
+            raise UserError("--upstream: at least one upstream URL (an origin or a parent) needed")
+        for url in self.upstreams:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise UserError(f"--upstream {url!r}: expected http://host:port")
+        for name, value in (("--mem", self.mem_bytes), ("--disk", self.disk_bytes)):
+            if value <= 0:
+                raise UserError(f"{name} {value}: must be more than 0 bytes")
+        if self.policy not in POLICIES:
+            raise UserError(f"--policy {self.policy!r}: known policies are {', '.join(POLICIES)}")
+        if not self.keys and not self.open:
+            raise UserError("no --key given: signed URLs cannot be checked; give --key or --open")
+        try:
+            key_ring(list(self.keys))
+        except ValueError as exc:
+            raise UserError(f"--key: {exc}") from None
+        if self.admin_key is not None and len(self.admin_key) < 16:
+            raise UserError("--admin-key: at least 16 characters")
+        for name in (
+            "lock_timeout_s",
+            "upstream_connect_timeout_s",
+            "upstream_read_timeout_s",
+            "negative_ttl_s",
+            "parent_token_ttl_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise UserError(f"{name} {getattr(self, name)}: must be more than 0")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"

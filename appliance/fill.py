@@ -1,0 +1,262 @@
+"""Coalesced fills: exactly one upstream fetch per object, however many clients ask at once.
+
+Every client that wants an object being fetched streams from that one fetch while it
+arrives (read-while-writer), so the 100th waiter's first byte comes as soon as the
+first's. The fetch is its own task: it goes on if the client that started it leaves.
+
+Nothing wrong is ever delivered whole: the body is checked against the upstream's
+length and ``X-Content-Digest`` when it ends, and until then the final byte is held
+back. A client of a fill that turns out bad sees its connection cut short of
+Content-Length, which every HTTP client treats as a failed response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import enum
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import aiohttp
+
+from appliance.objects import ObjectMeta
+from appliance.upstream import Outcome, Upstreams
+from streamcdn.digest import ALGORITHM, digest_bytes
+
+log = logging.getLogger("streamcdn.appliance.fill")
+
+CHUNK_BYTES = 256 * 1024
+MAX_OBJECT_BYTES = 256 * 10**6  # far above any segment; a bigger answer is refused, not cached
+
+
+class FillError(Exception):
+    def __init__(self, status: int, reason: str, *, title_missing: bool = False) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+        self.title_missing = title_missing
+
+
+class State(enum.Enum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Fill:
+    """One object on its way from upstream, readable by any number of clients meanwhile."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.meta: ObjectMeta | None = None
+        self.state = State.RUNNING
+        self.error: FillError | None = None
+        self.data: bytes | None = None  # the whole checked body, once DONE
+        self.started = time.monotonic()
+        self._chunks: list[bytes] = []
+        self._starts: list[int] = []  # offset of each chunk
+        self.received = 0
+        self._headers = asyncio.Event()
+        self._wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- the fetching side ---------------------------------------------------------
+
+    def _notify(self) -> None:
+        wake, self._wake = self._wake, asyncio.get_running_loop().create_future()
+        wake.set_result(None)
+
+    def _fail(self, error: FillError) -> None:
+        self.state, self.error = State.FAILED, error
+        self._chunks.clear()
+        self._starts.clear()
+        self._headers.set()
+        self._notify()
+
+    async def run(self, upstreams: Upstreams) -> None:
+        try:
+            await self._fetch(upstreams)
+        except FillError as exc:
+            self._fail(exc)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._fail(FillError(502, f"upstream failed mid-body: {type(exc).__name__}"))
+        except asyncio.CancelledError:
+            self._fail(FillError(503, "appliance shutting down"))
+            raise
+        except Exception as exc:  # never leave waiters hanging
+            log.exception("fill crashed", extra={"key": self.key})
+            self._fail(FillError(500, f"fill crashed: {type(exc).__name__}"))
+
+    async def _fetch(self, upstreams: Upstreams) -> None:
+        fetch = await upstreams.open(self.key)
+        if fetch.outcome is Outcome.NOT_FOUND:
+            raise FillError(404, "not found upstream", title_missing=fetch.title_missing)
+        if fetch.outcome is Outcome.UNAVAILABLE or fetch.response is None:
+            raise FillError(502, f"no upstream answered: {fetch.detail}")
+        url, resp = fetch.upstream or "", fetch.response
+        ok = False
+        try:
+            self.meta = _meta_from(self.key, resp)
+            self._headers.set()
+            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                if self.received + len(chunk) > self.meta.size:
+                    raise FillError(502, "upstream sent more bytes than Content-Length")
+                self._starts.append(self.received)
+                self._chunks.append(chunk)
+                self.received += len(chunk)
+                self._notify()
+            if self.received != self.meta.size:
+                raise FillError(502, f"upstream body truncated at {self.received} bytes")
+            data = b"".join(self._chunks)
+            if digest_bytes(data) != self.meta.digest:
+                raise FillError(502, "upstream body does not match its X-Content-Digest")
+            ok = True
+        finally:
+            resp.release()
+            upstreams.report(url, ok)
+        self.data = data
+        self._chunks, self._starts = [data], [0]
+        self.state = State.DONE
+        self._notify()
+
+    # -- the reading side ----------------------------------------------------------
+
+    async def wait_headers(self, timeout_s: float) -> bool:
+        """True once the upstream's headers (or a failure) are in; False after the timeout."""
+        try:
+            await asyncio.wait_for(self._headers.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _readable(self) -> int:
+        if self.state is State.DONE:
+            return self.received
+        assert self.meta is not None
+        return min(self.received, self.meta.size - 1)  # the final byte waits for the checks
+
+    async def read(self, start: int, end: int) -> AsyncIterator[memoryview]:
+        """Bytes [start, end) as they arrive; raises FillError if the fill fails."""
+        pos = start
+        while pos < end:
+            if self.state is State.FAILED:
+                assert self.error is not None
+                raise self.error
+            limit = min(end, self._readable())
+            if pos >= limit:
+                await asyncio.shield(self._wake)
+                continue
+            i = bisect.bisect_right(self._starts, pos) - 1
+            chunk, chunk_start = self._chunks[i], self._starts[i]
+            piece = memoryview(chunk)[
+                pos - chunk_start : min(limit, chunk_start + len(chunk)) - chunk_start
+            ]
+            pos += len(piece)
+            yield piece
+
+    async def wait_done(self) -> bytes:
+        while self.state is State.RUNNING:
+            await asyncio.shield(self._wake)
+        if self.state is State.FAILED:
+            assert self.error is not None
+            raise self.error
+        assert self.data is not None
+        return self.data
+
+
+def _meta_from(key: str, resp: aiohttp.ClientResponse) -> ObjectMeta:
+    length = resp.content_length
+    if length is None:
+        raise FillError(502, "upstream sent no Content-Length")
+    if length > MAX_OBJECT_BYTES:
+        raise FillError(502, f"upstream object of {length} bytes is over the limit")
+    algorithm, _, digest = resp.headers.get("X-Content-Digest", "").partition("=")
+    if algorithm != ALGORITHM or len(digest) != 32:
+        raise FillError(502, "upstream sent no usable X-Content-Digest")
+    try:
+        age = max(0, int(resp.headers.get("Age", "0")))
+    except ValueError:
+        age = 0
+    return ObjectMeta(
+        key=key,
+        size=length,
+        digest=digest.lower(),
+        content_type=resp.headers.get("Content-Type", "application/octet-stream"),
+        cache_control=resp.headers.get("Cache-Control", ""),
+        fetched_at=time.time(),
+        age_at_fetch=age,
+    )
+
+
+class Filler:
+    """The fills in flight, keyed by object, and a short memory of what upstream lacks."""
+
+    def __init__(
+        self,
+        upstreams: Upstreams,
+        *,
+        on_filled: Callable[[ObjectMeta, bytes], None],
+        negative_ttl_s: float,
+    ) -> None:
+        self.upstreams = upstreams
+        self._on_filled = on_filled
+        self._negative_ttl_s = negative_ttl_s
+        self.fills: dict[str, Fill] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._missing: dict[str, float] = {}  # key or "title:<id>" -> until (monotonic)
+
+    def known_missing(self, key: str, now: float) -> bool:
+        title = key.split("/", 2)[1]
+        for k in (key, f"title:{title}"):
+            until = self._missing.get(k)
+            if until is not None:
+                if now < until:
+                    return True
+                del self._missing[k]
+        return False
+
+    def forget_missing(self, title: str) -> None:
+        """After a purge or a new ingest, ask upstream again at once."""
+        for k in [
+            k for k in self._missing if k == f"title:{title}" or k.startswith(f"titles/{title}/")
+        ]:
+            del self._missing[k]
+
+    def get(self, key: str) -> tuple[Fill, bool]:
+        """The fill for ``key``, started if none runs; True if this call started it."""
+        fill = self.fills.get(key)
+        if fill is not None:
+            return fill, False
+        fill = self._start(key, shared=True)
+        return fill, True
+
+    def bypass(self, key: str) -> Fill:
+        """A private fetch that is never cached: for clients a stuck fill has kept waiting."""
+        return self._start(key, shared=False)
+
+    def _start(self, key: str, *, shared: bool) -> Fill:
+        fill = Fill(key)
+        if shared:
+            self.fills[key] = fill
+        task = asyncio.create_task(self._run(fill, shared))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return fill
+
+    async def _run(self, fill: Fill, shared: bool) -> None:
+        await fill.run(self.upstreams)
+        if shared and self.fills.get(fill.key) is fill:
+            del self.fills[fill.key]
+        if fill.state is State.DONE and shared and fill.meta and fill.data is not None:
+            self._on_filled(fill.meta, fill.data)
+        elif fill.error is not None and fill.error.status == 404:
+            until = time.monotonic() + self._negative_ttl_s
+            self._missing[fill.key] = until
+            if fill.error.title_missing:
+                self._missing[f"title:{fill.key.split('/', 2)[1]}"] = until
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

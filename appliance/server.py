@@ -1,0 +1,444 @@
+"""The appliance's HTTP server: signed URLs in, bytes out of memory, disk or a coalesced fill.
+
+Decisions live elsewhere (tokens, byteserving, policies, fill); this module wires them
+to aiohttp and keeps the tiers consistent: a fill lands in memory at once and on disk
+in the background, a disk hit is served with zero-copy, a hot disk object is promoted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter as Tally
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import Counter, Gauge
+
+from appliance import tiers
+from appliance.config import ApplianceConfig
+from appliance.fill import Fill, Filler, FillError, State
+from appliance.objects import ObjectMeta
+from appliance.upstream import NOT_FOUND_HEADER, Upstreams
+from streamcdn import service
+from streamcdn.byteserving import Decision, decide
+from streamcdn.digest import header_value
+from streamcdn.ids import is_valid_rel_path, is_valid_title_id
+from streamcdn.tokens import TokenError, key_ring, verify
+
+log = logging.getLogger("streamcdn.appliance")
+
+APPLIANCE = web.AppKey("appliance", "Appliance")
+PROMOTE_AFTER_DISK_HITS = 2  # disk hits before an object is copied into memory
+TICK_S = 1.0
+EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
+
+
+@dataclass
+class Stats:
+    requests: Tally[str] = field(default_factory=Tally)  # by result
+    bytes: Tally[str] = field(default_factory=Tally)  # by source
+    egress_bps: float = 0.0
+    active_requests: int = 0
+    _last_bytes: int = 0
+
+    def tick(self) -> None:
+        total = sum(self.bytes.values())
+        rate = (total - self._last_bytes) * 8 / TICK_S
+        self._last_bytes = total
+        self.egress_bps = EGRESS_SMOOTHING * rate + (1 - EGRESS_SMOOTHING) * self.egress_bps
+
+    def ratios(self) -> dict[str, dict[str, float]]:
+        served = ("memory", "disk", "upstream")
+        reqs = {s: self.requests[s] for s in served}
+        byts = {s: self.bytes[s] for s in served}
+        total_r, total_b = sum(reqs.values()) or 1, sum(byts.values()) or 1
+        return {
+            "request_hit_ratio": {s: round(reqs[s] / total_r, 4) for s in ("memory", "disk")},
+            "byte_hit_ratio": {s: round(byts[s] / total_b, 4) for s in ("memory", "disk")},
+        }
+
+
+class Appliance:
+    def __init__(self, config: ApplianceConfig, app: web.Application) -> None:
+        self.config = config
+        self.keys = key_ring(list(config.keys))
+        self.memory = tiers.MemoryTier(config.mem_bytes, config.policy)
+        self.disk = tiers.DiskTier(config.cache_dir, config.disk_bytes, config.policy)
+        self.stats = Stats()
+        self.session: aiohttp.ClientSession | None = None
+        self.filler: Filler | None = None
+        self.started = time.time()
+        self._disk_hits: Tally[str] = Tally()
+        self._background: set[asyncio.Task[None]] = set()
+        self._writing: set[str] = set()
+        registry = app[service.REGISTRY]
+        self.m_requests = Counter(
+            "streamcdn_appliance_requests",
+            "Object requests by result",
+            ["result"],
+            registry=registry,
+        )
+        self.m_bytes = Counter(
+            "streamcdn_appliance_bytes", "Body bytes sent by source", ["source"], registry=registry
+        )
+        self.m_used = Gauge(
+            "streamcdn_appliance_tier_used_bytes",
+            "Bytes held per tier",
+            ["tier"],
+            registry=registry,
+        )
+        self.m_capacity = Gauge(
+            "streamcdn_appliance_tier_capacity_bytes",
+            "Capacity per tier",
+            ["tier"],
+            registry=registry,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def start(self) -> None:
+        try:
+            entries, report = await asyncio.to_thread(self.disk.load_blocking)
+        except OSError as exc:
+            raise RuntimeError(f"cache dir {self.config.cache_dir}: {exc.strerror}") from exc
+        doomed = self.disk.adopt(entries, report)
+        await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
+        log.info(
+            "disk tier loaded",
+            extra={
+                "objects": report.objects,
+                "bytes": report.bytes,
+                "dropped": len(report.dropped),
+            },
+        )
+        timeout = aiohttp.ClientTimeout(
+            sock_connect=self.config.upstream_connect_timeout_s,
+            sock_read=self.config.upstream_read_timeout_s,
+        )
+        self.session = aiohttp.ClientSession(timeout=timeout, auto_decompress=False)
+        upstreams = Upstreams(
+            self.config.upstreams,
+            self.session,
+            key=self.config.keys[0] if self.config.keys else None,
+            token_ttl_s=self.config.parent_token_ttl_s,
+        )
+        self.filler = Filler(
+            upstreams, on_filled=self._filled, negative_ttl_s=self.config.negative_ttl_s
+        )
+        self._spawn(self._ticker())
+
+    async def stop(self) -> None:
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self.filler is not None:
+            await self.filler.close()
+        if self.session is not None:
+            await self.session.close()
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_S)
+            self.stats.tick()
+            for name, tier in (("memory", self.memory), ("disk", self.disk)):
+                self.m_used.labels(name).set(tier.used_bytes)
+                self.m_capacity.labels(name).set(tier.capacity_bytes)
+
+    # -- filling the tiers ---------------------------------------------------------
+
+    def _filled(self, meta: ObjectMeta, data: bytes) -> None:
+        self.memory.put(meta, data)
+        if meta.key not in self.disk and meta.key not in self._writing:
+            self._writing.add(meta.key)
+            self._spawn(self._write_disk(meta, data))
+
+    async def _write_disk(self, meta: ObjectMeta, data: bytes) -> None:
+        try:
+            if not self.disk.writable(time.monotonic()):
+                return  # degraded: serve by pass-through (memory only) until the retry time
+            try:
+                entry = await asyncio.to_thread(self.disk.write_blocking, meta, data)
+            except OSError as exc:
+                self.disk.write_failed(exc, time.monotonic())
+                return
+            doomed = self.disk.admit(entry)
+            if doomed:
+                await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
+        finally:
+            self._writing.discard(meta.key)
+
+    async def _promote(self, entry: tiers.DiskEntry) -> None:
+        data = await asyncio.to_thread(tiers.verify_blocking, entry)
+        if data is None:
+            await self.drop_corrupt(entry.meta.key)
+        else:
+            self.memory.put(entry.meta, data)
+
+    async def drop_corrupt(self, key: str) -> None:
+        log.error("corrupt object on disk; dropped and will be re-filled", extra={"key": key})
+        self.memory.remove(key)
+        path = self.disk.remove(key)
+        if path:
+            await asyncio.to_thread(tiers.unlink_all_blocking, [path])
+
+    # -- serving -------------------------------------------------------------------
+
+    async def serve(self, request: web.Request, key: str) -> web.StreamResponse:
+        self.stats.active_requests += 1
+        try:
+            return await self._serve(request, key)
+        finally:
+            self.stats.active_requests -= 1
+
+    async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
+        hit = self.memory.get(key)
+        if hit is not None:
+            return self._send_bytes(request, hit[0], hit[1], "HIT", "memory")
+        entry = self.disk.get(key)
+        if entry is not None:
+            if not entry.verified:
+                # Loaded at start and never read since: check it once before it leaves.
+                data = await asyncio.to_thread(tiers.verify_blocking, entry)
+                if data is not None:
+                    entry.verified = True
+                    self.memory.put(entry.meta, data)
+                    return self._send_bytes(request, entry.meta, data, "HIT", "disk")
+                await self.drop_corrupt(key)
+            else:
+                self._disk_hits[key] += 1
+                if self._disk_hits[key] >= PROMOTE_AFTER_DISK_HITS:
+                    del self._disk_hits[key]
+                    self._spawn(self._promote(entry))
+                return await self._send_file(request, entry)
+        assert self.filler is not None
+        if self.filler.known_missing(key, time.monotonic()):
+            self._count("not_found")
+            raise web.HTTPNotFound(
+                text="not found upstream (remembered)", headers={NOT_FOUND_HEADER: "remembered"}
+            )
+        fill, created = self.filler.get(key)
+        result = "MISS" if created else "COALESCED"
+        if not await fill.wait_headers(self.config.lock_timeout_s):
+            # The fill is stuck: fetch on our own, uncached, rather than wait on it.
+            fill, result = self.filler.bypass(key), "MISS"
+            self._count("bypass")
+            await fill.wait_headers(self.config.lock_timeout_s)
+        return await self._send_fill(request, fill, result)
+
+    def _count(self, result: str, source: str | None = None, nbytes: int = 0) -> None:
+        self.stats.requests[result] += 1
+        self.m_requests.labels(result).inc()
+        if source is not None:
+            self.stats.requests[source] += 1
+            self.stats.bytes[source] += nbytes
+            self.m_bytes.labels(source).inc(nbytes)
+
+    def _headers(self, meta: ObjectMeta, cache: str) -> dict[str, str]:
+        return {
+            "ETag": meta.etag,
+            "X-Content-Digest": header_value(meta.digest),
+            "Content-Type": meta.content_type,
+            "Cache-Control": meta.cache_control or "public, max-age=60",
+            "Accept-Ranges": "bytes",
+            "Age": str(meta.age_s(time.time())),
+            "X-Cache": cache,
+            "X-Served-By": self.config.id,
+            "Access-Control-Allow-Origin": "*",
+        }
+
+    def _decide(self, request: web.Request, meta: ObjectMeta) -> Decision:
+        return decide(request.headers, meta.size, meta.etag)
+
+    def _send_bytes(
+        self, request: web.Request, meta: ObjectMeta, data: bytes, cache: str, source: str
+    ) -> web.Response:
+        decision = self._decide(request, meta)
+        headers = self._headers(meta, cache) | decision.headers(meta.size)
+        if decision.status in (304, 416):
+            self._count(str(decision.status))
+            return web.Response(status=decision.status, headers=headers)
+        body = memoryview(data)
+        if decision.range is not None:
+            body = body[decision.range.start : decision.range.end + 1]
+        self._count(cache.lower(), source, 0 if request.method == "HEAD" else len(body))
+        return web.Response(status=decision.status, body=body, headers=headers)
+
+    async def _send_file(self, request: web.Request, entry: tiers.DiskEntry) -> web.StreamResponse:
+        meta = entry.meta
+        decision = self._decide(request, meta)
+        headers = self._headers(meta, "HIT") | decision.headers(meta.size)
+        if decision.status in (304, 416):
+            self._count(str(decision.status))
+            return web.Response(status=decision.status, headers=headers)
+        start, length = 0, meta.size
+        if decision.range is not None:
+            start, length = decision.range.start, decision.range.length
+        resp = web.StreamResponse(status=decision.status, headers=headers)
+        resp.content_length = length
+        try:
+            with entry.path.open("rb") as f:
+                await send_region(request, resp, f, entry.body_offset + start, length)
+        except FileNotFoundError:
+            # Evicted between lookup and open: the next request fills it again.
+            self.disk.remove(meta.key)
+            raise web.HTTPServiceUnavailable(
+                text="object moved", headers={"Retry-After": "1"}
+            ) from None
+        self._count("hit", "disk", 0 if request.method == "HEAD" else length)
+        return resp
+
+    async def _send_fill(self, request: web.Request, fill: Fill, cache: str) -> web.StreamResponse:
+        if fill.state is State.FAILED or fill.meta is None:
+            return self._fill_error(fill.error or FillError(504, "upstream did not answer"))
+        meta = fill.meta
+        decision = self._decide(request, meta)
+        headers = self._headers(meta, cache) | decision.headers(meta.size)
+        if decision.status in (304, 416):
+            self._count(str(decision.status))
+            return web.Response(status=decision.status, headers=headers)
+        if decision.range is not None or request.method == "HEAD":
+            # A range is served once the whole object is checked: no unverified byte leaves.
+            try:
+                data = await fill.wait_done()
+            except FillError as exc:
+                return self._fill_error(exc)
+            return self._send_bytes(request, meta, data, cache, "upstream")
+        resp = web.StreamResponse(status=200, headers=headers)
+        resp.content_length = meta.size
+        await resp.prepare(request)
+        sent = 0
+        try:
+            async for piece in fill.read(0, meta.size):
+                await resp.write(piece)
+                sent += len(piece)
+        except FillError as exc:
+            log.warning(
+                "fill failed mid-stream; cutting the response short",
+                extra={"key": meta.key, "reason": exc.reason, "sent": sent},
+            )
+            if request.transport is not None:
+                request.transport.close()
+        self._count(cache.lower(), "upstream", sent)
+        return resp
+
+    def _fill_error(self, error: FillError) -> web.Response:
+        self._count("not_found" if error.status == 404 else "error")
+        headers = {NOT_FOUND_HEADER: "title"} if error.title_missing else {}
+        if error.status == 404:
+            return web.json_response(
+                {"error": error.reason, "status": 404}, status=404, headers=headers
+            )
+        return web.json_response(
+            {"error": error.reason, "status": error.status},
+            status=error.status,
+            headers={"Retry-After": "1"},
+        )
+
+    # -- health --------------------------------------------------------------------
+
+    def health(self) -> dict[str, object]:
+        reasons = []
+        if self.disk.degraded:
+            reasons.append(self.disk.degraded)
+        filler = self.filler
+        upstreams = {}
+        if filler is not None:
+            now = time.monotonic()
+            upstreams = {url: b.snapshot(now) for url, b in filler.upstreams.breakers.items()}
+        return {
+            "status": "degraded" if reasons else "ok",
+            "reasons": reasons,
+            "id": self.config.id,
+            "site": self.config.site,
+            "active_requests": self.stats.active_requests,
+            "egress_bps": round(self.stats.egress_bps),
+            **self.stats.ratios(),
+            "tiers": {
+                name: {
+                    "used_bytes": t.used_bytes,
+                    "capacity_bytes": t.capacity_bytes,
+                    "objects": len(t),
+                }
+                for name, t in (("memory", self.memory), ("disk", self.disk))
+            },
+            "fills_in_flight": len(filler.fills) if filler else 0,
+            "upstreams": upstreams,
+            "policy": self.config.policy,
+        }
+
+
+async def send_region(
+    request: web.Request, resp: web.StreamResponse, f, offset: int, length: int
+) -> None:  # type: ignore[no-untyped-def]
+    """Plain read + write; replaced by the zero-copy path in appliance/sendfile.py."""
+    await resp.prepare(request)
+    if request.method == "HEAD":
+        return
+    f.seek(offset)
+    left = length
+    while left > 0:
+        chunk = await asyncio.to_thread(f.read, min(left, 1 << 20))
+        if not chunk:
+            break
+        await resp.write(chunk)
+        left -= len(chunk)
+
+
+def _key(request: web.Request) -> str:
+    title, rel = request.match_info["title"], request.match_info["path"]
+    if not is_valid_title_id(title):
+        raise web.HTTPBadRequest(text=f"invalid title id {title[:80]!r}")
+    if not is_valid_rel_path(rel):
+        raise web.HTTPBadRequest(text="invalid path")
+    return f"titles/{title}/{rel}"
+
+
+def _check_token(request: web.Request, token: str, key: str) -> None:
+    appliance = request.app[APPLIANCE]
+    grant = verify(token, key, keys=appliance.keys, now=time.time(), client_ip=request.remote)
+    if isinstance(grant, TokenError):
+        raise web.HTTPForbidden(text=grant.value)
+
+
+async def signed_object(request: web.Request) -> web.StreamResponse:
+    key = _key(request)
+    _check_token(request, request.match_info["token"], key)
+    return await request.app[APPLIANCE].serve(request, key)
+
+
+async def open_object(request: web.Request) -> web.StreamResponse:
+    """Unsigned paths: for --open appliances, and for child appliances' fills, which carry
+    their token as ``Authorization: Bearer``."""
+    appliance = request.app[APPLIANCE]
+    key = _key(request)
+    auth = request.headers.get("Authorization", "")
+    if auth.startswith("Bearer "):
+        _check_token(request, auth.removeprefix("Bearer ").strip(), key)
+    elif not appliance.config.open:
+        raise web.HTTPForbidden(text="signed URL required: /s/{token}/titles/...")
+    return await appliance.serve(request, key)
+
+
+def create_app(config: ApplianceConfig) -> web.Application:
+    app = service.create_app("appliance")
+    appliance = Appliance(config, app)
+    app[APPLIANCE] = appliance
+    app[service.HEALTH_CHECKS].append(appliance.health)
+
+    async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
+        await appliance.start()
+        yield
+        await appliance.stop()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/s/{token}/titles/{title}/{path:.+}", signed_object)
+    app.router.add_get("/titles/{title}/{path:.+}", open_object)
+    return app

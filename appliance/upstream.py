@@ -1,0 +1,94 @@
+"""Fetching from upstreams (a parent appliance, then the origin), each behind a circuit breaker.
+
+A 404 is an answer, not a failure: the parent asked the origin too. Connection errors,
+timeouts and 5xx count against that upstream's breaker, and the next one is tried.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import time
+from dataclasses import dataclass
+
+import aiohttp
+
+from streamcdn.breaker import CircuitBreaker
+from streamcdn.tokens import SigningKey, sign, title_prefix
+
+log = logging.getLogger("streamcdn.appliance.upstream")
+
+NOT_FOUND_HEADER = "X-Not-Found"
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    NOT_FOUND = "not found"
+    UNAVAILABLE = "every upstream failed or is circuit-broken"
+
+
+@dataclass
+class Fetch:
+    outcome: Outcome
+    response: aiohttp.ClientResponse | None = None
+    upstream: str | None = None
+    title_missing: bool = False  # the 404 was for the whole title
+    detail: str = ""
+
+
+class Upstreams:
+    def __init__(
+        self,
+        urls: tuple[str, ...],
+        session: aiohttp.ClientSession,
+        *,
+        key: SigningKey | None,
+        token_ttl_s: float,
+    ) -> None:
+        self.urls = urls
+        self.session = session
+        self.breakers = {url: CircuitBreaker() for url in urls}
+        self._key = key
+        self._token_ttl_s = token_ttl_s
+
+    def _headers(self, key: str) -> dict[str, str]:
+        """A parent appliance wants a token, like any client: sign one for the title and send
+        it as a bearer token, so the path stays canonical for parents and origin alike."""
+        if self._key is None:
+            return {}
+        title = key.split("/", 2)[1]
+        token = sign(title_prefix(title), self._key, expires=int(time.time() + self._token_ttl_s))
+        return {"Authorization": f"Bearer {token}"}
+
+    async def open(self, key: str) -> Fetch:
+        """GET ``key`` from the first upstream that answers; the caller releases the response."""
+        failures = []
+        for url in self.urls:
+            breaker = self.breakers[url]
+            now = time.monotonic()
+            if not breaker.allow(now):
+                failures.append(f"{url}: circuit open")
+                continue
+            try:
+                resp = await self.session.get(
+                    f"{url.rstrip('/')}/{key}", headers=self._headers(key), allow_redirects=False
+                )
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                breaker.record_failure(time.monotonic())
+                failures.append(f"{url}: {type(exc).__name__}")
+                continue
+            if resp.status == 200:
+                return Fetch(Outcome.OK, resp, url)
+            resp.release()
+            if resp.status == 404:
+                breaker.record_success(time.monotonic())
+                missing = resp.headers.get(NOT_FOUND_HEADER) == "title"
+                return Fetch(Outcome.NOT_FOUND, None, url, title_missing=missing)
+            breaker.record_failure(time.monotonic())
+            failures.append(f"{url}: HTTP {resp.status}")
+        return Fetch(Outcome.UNAVAILABLE, detail="; ".join(failures))
+
+    def report(self, url: str, ok: bool) -> None:
+        """After the body: a truncated or wrong body counts against the upstream too."""
+        breaker = self.breakers[url]
+        (breaker.record_success if ok else breaker.record_failure)(time.monotonic())
