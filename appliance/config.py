@@ -30,6 +30,10 @@ class ApplianceConfig:
     open: bool = False  # serve unsigned /titles/... too
     steering: str | None = None
     lock_timeout_s: float = 10.0  # a waiter stops waiting for a stuck fill and fetches itself
+    background_fills: int = 2  # upstream fetches at once for admin fills and read-ahead
+    read_ahead_segments: int = 2  # segments after the one asked for, brought into memory
+    limiter: str = "gradient2"  # adaptive concurrency limit for client requests
+    limiter_initial: int = 256  # requests in flight before the limiter has measured anything
     upstream_connect_timeout_s: float = 3.0
     upstream_read_timeout_s: float = 10.0  # between two chunks of an upstream body
     negative_ttl_s: float = 5.0  # how long a 404 is remembered
@@ -56,6 +60,8 @@ class ApplianceConfig:
             key_ring(list(self.keys))
         except ValueError as exc:
             raise UserError(f"--key: {exc}") from None
+        if self.background_fills < 1 or self.read_ahead_segments < 0:
+            raise UserError("background_fills must be >= 1 and read_ahead_segments >= 0")
         if self.admin_key is not None and len(self.admin_key) < 16:
             raise UserError("--admin-key: at least 16 characters")
         for name in (

@@ -8,18 +8,22 @@ in the background, a disk hit is served with zero-copy, a hot disk object is pro
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections import Counter as Tally
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import Counter, Gauge
 
-from appliance import tiers
+from appliance import readahead, tiers
+from appliance.admin import add_routes as add_admin_routes
 from appliance.config import ApplianceConfig
 from appliance.fill import Fill, Filler, FillError, State
+from appliance.limiter import AdaptiveLimiter, LimiterConfig
 from appliance.objects import ObjectMeta
 from appliance.upstream import NOT_FOUND_HEADER, Upstreams
 from streamcdn import service
@@ -31,6 +35,8 @@ from streamcdn.tokens import TokenError, key_ring, verify
 log = logging.getLogger("streamcdn.appliance")
 
 APPLIANCE = web.AppKey("appliance", "Appliance")
+READY_AT = web.RequestKey("ready_at", float)  # when the response was about to start
+MAX_KNOWN_RENDITIONS = 10_000
 PROMOTE_AFTER_DISK_HITS = 2  # disk hits before an object is copied into memory
 TICK_S = 1.0
 EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
@@ -74,6 +80,13 @@ class Appliance:
         self._disk_hits: Tally[str] = Tally()
         self._background: set[asyncio.Task[None]] = set()
         self._writing: set[str] = set()
+        self.limiter = AdaptiveLimiter(
+            LimiterConfig(initial_limit=config.limiter_initial), algorithm=config.limiter
+        )
+        # Client traffic first: background work (fills, read-ahead) has its own small budget.
+        self.background = asyncio.Semaphore(config.background_fills)
+        self._reading_ahead: set[str] = set()
+        self._orders: OrderedDict[str, list[str]] = OrderedDict()  # rendition -> segment keys
         registry = app[service.REGISTRY]
         self.m_requests = Counter(
             "streamcdn_appliance_requests",
@@ -156,6 +169,7 @@ class Appliance:
 
     def _filled(self, meta: ObjectMeta, data: bytes) -> None:
         self.memory.put(meta, data)
+        self._learn_order(meta.key, data)
         if meta.key not in self.disk and meta.key not in self._writing:
             self._writing.add(meta.key)
             self._spawn(self._write_disk(meta, data))
@@ -192,11 +206,101 @@ class Appliance:
     # -- serving -------------------------------------------------------------------
 
     async def serve(self, request: web.Request, key: str) -> web.StreamResponse:
+        if not self.limiter.try_acquire():
+            self._count("shed")
+            raise web.HTTPServiceUnavailable(
+                text="overloaded; retry", headers={"Retry-After": str(self.limiter.retry_after_s())}
+            )
+        started = time.monotonic()
         self.stats.active_requests += 1
+        dropped = True
         try:
-            return await self._serve(request, key)
+            self._read_ahead_after(key)
+            response = await self._serve(request, key)
+            dropped = response.status >= 500
+            return response
         finally:
             self.stats.active_requests -= 1
+            # Latency to the response's start: body transfer times differ by size and client.
+            ready = request.get(READY_AT, time.monotonic())
+            self.limiter.release(max(0.0, ready - started), time.monotonic(), dropped=dropped)
+
+    # -- read-ahead and background fills ---------------------------------------------
+
+    def _learn_order(self, key: str, data: bytes) -> None:
+        if not key.endswith(".m3u8"):
+            return
+        order = readahead.segment_keys(key, data.decode("utf-8", "replace"))
+        if order:
+            rendition = readahead.rendition_of(order[0])
+            self._orders[rendition] = order
+            self._orders.move_to_end(rendition)
+            while len(self._orders) > MAX_KNOWN_RENDITIONS:
+                self._orders.popitem(last=False)
+
+    def _read_ahead_after(self, key: str) -> None:
+        order = self._orders.get(readahead.rendition_of(key))
+        if not order or not self.config.read_ahead_segments:
+            return
+        for nxt in readahead.next_keys(order, key, self.config.read_ahead_segments):
+            if nxt not in self.memory and nxt not in self._reading_ahead:
+                self._reading_ahead.add(nxt)
+                self._spawn(self._read_ahead(nxt))
+
+    async def _read_ahead(self, key: str) -> None:
+        try:
+            await self.ensure_cached(key)
+        except FillError:
+            pass  # read-ahead is a bet; a client asking later gets the real answer
+        finally:
+            self._reading_ahead.discard(key)
+
+    def read_cached_json(self, key: str) -> object:
+        """A small JSON object that ensure_cached just brought into memory."""
+        found = self.memory.peek(key)
+        if found is None:
+            raise ValueError("not in the memory tier (too big for it?)")
+        return json.loads(found[1])
+
+    async def purge_title(self, title: str) -> tuple[int, int]:
+        """Drop every object of ``title`` from both tiers; (objects, bytes) dropped."""
+        prefix = f"titles/{title}/"
+        objects = nbytes = 0
+        for key, size in self.memory.sizes():
+            if key.startswith(prefix):
+                self.memory.remove(key)
+                if key not in self.disk:
+                    objects, nbytes = objects + 1, nbytes + size
+        doomed = []
+        for key, size in self.disk.sizes():
+            if key.startswith(prefix):
+                path = self.disk.remove(key)
+                if path:
+                    doomed.append(path)
+                objects, nbytes = objects + 1, nbytes + size
+        await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
+        assert self.filler is not None
+        self.filler.forget_missing(title)
+        for rendition in [r for r in self._orders if r.startswith(prefix)]:
+            del self._orders[rendition]
+        log.info("purged", extra={"title": title, "objects": objects, "bytes": nbytes})
+        return objects, nbytes
+
+    async def ensure_cached(self, key: str) -> tuple[str, int]:
+        """Bring ``key`` into memory (from disk) or into both tiers (from upstream), under the
+        background budget. Returns ("memory" | "disk" | "filled", size); raises FillError."""
+        async with self.background:
+            if key in self.memory:
+                return "memory", self.memory.size_of(key)
+            entry = self.disk.get(key)
+            if entry is not None:
+                await self._promote(entry)
+                if key in self.memory or key in self.disk:
+                    return "disk", entry.meta.size
+            assert self.filler is not None
+            fill, _ = self.filler.get(key)
+            data = await fill.wait_done()
+            return "filled", len(data)
 
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
         hit = self.memory.get(key)
@@ -230,7 +334,9 @@ class Appliance:
             # The fill is stuck: fetch on our own, uncached, rather than wait on it.
             fill, result = self.filler.bypass(key), "MISS"
             self._count("bypass")
-            await fill.wait_headers(self.config.lock_timeout_s)
+            await fill.wait_headers(
+                self.config.upstream_connect_timeout_s + self.config.upstream_read_timeout_s
+            )
         return await self._send_fill(request, fill, result)
 
     def _count(self, result: str, source: str | None = None, nbytes: int = 0) -> None:
@@ -269,6 +375,7 @@ class Appliance:
         if decision.range is not None:
             body = body[decision.range.start : decision.range.end + 1]
         self._count(cache.lower(), source, 0 if request.method == "HEAD" else len(body))
+        request[READY_AT] = time.monotonic()
         return web.Response(status=decision.status, body=body, headers=headers)
 
     async def _send_file(self, request: web.Request, entry: tiers.DiskEntry) -> web.StreamResponse:
@@ -283,6 +390,7 @@ class Appliance:
             start, length = decision.range.start, decision.range.length
         resp = web.StreamResponse(status=decision.status, headers=headers)
         resp.content_length = length
+        request[READY_AT] = time.monotonic()
         try:
             with entry.path.open("rb") as f:
                 await send_region(request, resp, f, entry.body_offset + start, length)
@@ -313,6 +421,7 @@ class Appliance:
             return self._send_bytes(request, meta, data, cache, "upstream")
         resp = web.StreamResponse(status=200, headers=headers)
         resp.content_length = meta.size
+        request[READY_AT] = time.monotonic()
         await resp.prepare(request)
         sent = 0
         try:
@@ -370,6 +479,8 @@ class Appliance:
                 for name, t in (("memory", self.memory), ("disk", self.disk))
             },
             "fills_in_flight": len(filler.fills) if filler else 0,
+            "background_queue": len(self._reading_ahead),
+            "limiter": self.limiter.snapshot(),
             "upstreams": upstreams,
             "policy": self.config.policy,
         }
@@ -433,9 +544,12 @@ def create_app(config: ApplianceConfig) -> web.Application:
     app[APPLIANCE] = appliance
     app[service.HEALTH_CHECKS].append(appliance.health)
 
+    admin = add_admin_routes(app, appliance)
+
     async def lifecycle(app: web.Application):  # type: ignore[no-untyped-def]
         await appliance.start()
         yield
+        await admin.close()
         await appliance.stop()
 
     app.cleanup_ctx.append(lifecycle)

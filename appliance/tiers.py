@@ -65,6 +65,16 @@ class MemoryTier:
         self.policy.remove(key)
         self._objects.pop(key, None)
 
+    def size_of(self, key: str) -> int:
+        return self._objects[key][0].size
+
+    def peek(self, key: str) -> tuple[ObjectMeta, bytes] | None:
+        """The object without counting an access (admin, read-ahead)."""
+        return self._objects.get(key)
+
+    def sizes(self) -> list[tuple[str, int]]:
+        return [(k, meta.size) for k, (meta, _) in self._objects.items()]
+
     def keys(self) -> list[str]:
         return list(self._objects)
 
@@ -197,6 +207,9 @@ class DiskTier:
         if self.policy.hit(key):
             return self._index[key]
         return None
+
+    def sizes(self) -> list[tuple[str, int]]:
+        return [(k, e.meta.size) for k, e in self._index.items()]
 
     def remove(self, key: str) -> str | None:
         """Forget ``key``; returns the file to delete (in a thread), if there was one."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from aiohttp import web
@@ -22,6 +23,7 @@ from streamcdn.ids import is_valid_rel_path, is_valid_title_id
 log = logging.getLogger("streamcdn.origin")
 
 STORE = web.AppKey("store", TitleStore)
+REQUESTS = web.AppKey("requests_by_title", Counter)
 NOT_FOUND_HEADER = "X-Not-Found"
 PLAYLIST_MAX_AGE_S = 60
 MEDIA_MAX_AGE_S = 86_400
@@ -53,7 +55,14 @@ async def list_titles(request: web.Request) -> web.Response:
     for title in await asyncio.to_thread(store.titles):
         m = store.manifest(title)
         if m is not None:
-            titles.append({"title": title, "name": m["name"], "duration_s": m["duration_s"]})
+            titles.append(
+                {
+                    "title": title,
+                    "name": m["name"],
+                    "duration_s": m["duration_s"],
+                    "requests": request.app[REQUESTS][title],
+                }
+            )
     return web.json_response({"titles": titles})
 
 
@@ -110,6 +119,7 @@ async def title_file(request: web.Request) -> web.Response:
     if found is None:
         raise web.HTTPNotFound(text=f"no file {rel[:80]!r} in title {title!r}")
     path, entry = found
+    request.app[REQUESTS][title] += 1  # popularity, for `streamcdn fill --top N`
     max_age = PLAYLIST_MAX_AGE_S if rel.endswith(".m3u8") else MEDIA_MAX_AGE_S
     return await _send(request, path, entry, max_age)
 
@@ -118,6 +128,7 @@ def create_app(store_dir: str | Path) -> web.Application:
     store = TitleStore(store_dir).ensure(writable=False)
     app = service.create_app("origin")
     app[STORE] = store
+    app[REQUESTS] = Counter()
     app[service.HEALTH_CHECKS].append(lambda: {"titles": len(store.titles())})
     app.router.add_get("/titles", list_titles)
     app.router.add_get(f"/titles/{{title}}/{MANIFEST}", title_manifest)

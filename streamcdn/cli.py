@@ -74,6 +74,19 @@ def cmd_token(args: argparse.Namespace) -> None:
     print(f"{args.base.rstrip('/')}{prefix}master.m3u8" if args.base else prefix)
 
 
+def cmd_fill(args: argparse.Namespace) -> None:
+    from appliance.fill_client import run_fill
+
+    run_fill(
+        args.appliance,
+        args.admin_key,
+        titles=args.title,
+        top=args.top,
+        renditions=args.rendition,
+        rate_mbps=args.rate_mbps,
+    )
+
+
 def cmd_serve_origin(args: argparse.Namespace) -> None:
     from origin.server import create_app
     from streamcdn import service
@@ -192,6 +205,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cidr", help="only valid for clients in this network, e.g. 127.0.1.0/24")
     p.add_argument("--base", help="an appliance URL: print the title's full master URL instead")
     p.set_defaults(func=cmd_token)
+
+    p = sub.add_parser("fill", help="pre-fill an appliance's cache with titles")
+    p.add_argument("--appliance", required=True, metavar="URL", help="the appliance to fill")
+    p.add_argument("--admin-key", required=True, help="the appliance's admin key")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--title", action="append", metavar="ID", help="a title (repeatable)")
+    which.add_argument("--top", type=int, metavar="N", help="the N titles the origin served most")
+    p.add_argument(
+        "--rendition",
+        action="append",
+        metavar="NAME",
+        help="only these renditions, e.g. 720p (repeatable; default all)",
+    )
+    p.add_argument("--rate-mbps", type=positive_float, help="cap on fill traffic (default 400)")
+    p.set_defaults(func=cmd_fill)
 
     serve = sub.add_parser("serve", help="run one service").add_subparsers(
         dest="service", metavar="SERVICE", required=True

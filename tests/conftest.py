@@ -85,3 +85,19 @@ def origin_process(store: TitleStore) -> Iterator[str]:
             proc.wait(timeout=15)
         if proc.stderr:
             proc.stderr.close()
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path: Path):
+    """A 1 MiB tmpfs: a real full disk. Needs root (CI runs as root); fails loudly otherwise."""
+    mnt = tmp_path / "full"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if res.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs to fill (needs root): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)

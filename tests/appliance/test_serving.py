@@ -265,3 +265,89 @@ async def test_a_bad_upstream_body_is_never_cached_or_delivered_whole(
                 assert r.status == 502
     health = (await get(appliance, "/health"))[2]
     assert json.loads(health)["tiers"]["disk"]["objects"] == 0
+
+
+async def test_read_ahead_brings_the_next_segment_before_it_is_asked_for(
+    make_appliance: MakeAppliance, origin: TestServer
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=1)
+    assert (await get(appliance, signed(TITLE, "360p/index.m3u8")))[0] == 200
+    assert (await get(appliance, signed(TITLE, "360p/seg_00000.m4s")))[0] == 200
+    deadline = time.monotonic() + 5
+    while json.loads((await get(appliance, "/health"))[2])["tiers"]["memory"]["objects"] < 3:
+        assert time.monotonic() < deadline, "segment 1 was never read ahead"
+        await asyncio.sleep(0.02)
+    status, headers, _ = await get(appliance, signed(TITLE, "360p/seg_00001.m4s"))
+    assert (status, headers["X-Cache"]) == (200, "HIT")  # already in memory: no wait for it
+
+
+async def slow_upstream(aiohttp_server, delay_s: float, *, only_first: bool = False) -> TestServer:
+    calls = []
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(request.path)
+        if not only_first or len(calls) == 1:
+            await asyncio.sleep(delay_s)
+        body = b"slow" * 1000
+        return web.Response(
+            body=body, headers={"X-Content-Digest": f"xxh3-128={digest_bytes(body)}"}
+        )
+
+    app = web.Application()
+    app.router.add_get("/titles/{title}/{path:.+}", handler)
+    return await aiohttp_server(app)
+
+
+async def test_the_limiter_sheds_with_503_and_retry_after_when_full(
+    aiohttp_server, make_appliance: MakeAppliance
+) -> None:
+    up = await slow_upstream(aiohttp_server, 1.5)
+    appliance = await make_appliance(
+        upstreams=(url_of(up),), limiter_initial=8, read_ahead_segments=0
+    )
+    slow = [
+        asyncio.create_task(get(appliance, signed(TITLE, f"360p/seg_{i:05d}.m4s")))
+        for i in range(8)
+    ]
+    await asyncio.sleep(0.5)  # all 8 slots are now held by requests waiting on upstream
+    status, headers, _ = await get(appliance, signed(TITLE, "master.m3u8"))
+    assert status == 503 and int(headers["Retry-After"]) >= 1
+    assert [s for s, _, _ in await asyncio.gather(*slow)] == [200] * 8
+    health = json.loads((await get(appliance, "/health"))[2])
+    assert health["limiter"]["shed_total"] >= 1
+    assert (await get(appliance, signed(TITLE, "master.m3u8")))[0] == 200  # recovered
+
+
+async def test_a_stuck_fill_is_bypassed_after_the_lock_timeout(
+    aiohttp_server, make_appliance: MakeAppliance
+) -> None:
+    up = await slow_upstream(aiohttp_server, 5.0, only_first=True)  # the first fetch hangs
+    appliance = await make_appliance(
+        upstreams=(url_of(up),), lock_timeout_s=0.5, read_ahead_segments=0
+    )
+    first = asyncio.create_task(get(appliance, signed(TITLE, SEGMENT)))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    second = await get(appliance, signed(TITLE, SEGMENT))
+    # The second did not wait for the stuck fill's headers beyond the lock timeout.
+    assert second[0] == 200 and time.monotonic() - started < 2.0
+    assert second[1]["X-Cache"] == "MISS"
+    assert (await first)[0] == 200
+
+
+async def test_a_full_disk_degrades_but_keeps_serving(
+    make_appliance: MakeAppliance, tiny_tmpfs: Path, title_dir: Path
+) -> None:
+    filler = tiny_tmpfs / "filler"
+    filler.write_bytes(b"\0" * (1024 * 1024 - 64 * 1024))  # leave less than one segment free
+    appliance = await make_appliance(cache_dir=tiny_tmpfs / "cache")
+    for rel in (SEGMENT, "360p/seg_00001.m4s"):
+        status, _, body = await get(appliance, signed(TITLE, rel))
+        assert status == 200 and body == (title_dir / rel).read_bytes()
+    deadline = time.monotonic() + 5
+    while (health := json.loads((await get(appliance, "/health"))[2]))["status"] == "ok":
+        assert time.monotonic() < deadline, "the failed disk write was never reported"
+        await asyncio.sleep(0.05)
+    assert health["status"] == "degraded" and "disk" in health["reasons"][0]
+    status, headers, _ = await get(appliance, signed(TITLE, SEGMENT))
+    assert (status, headers["X-Cache"]) == (200, "HIT")  # still served, from memory

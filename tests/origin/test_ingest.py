@@ -82,22 +82,6 @@ def test_an_existing_title_needs_force(tmp_path: Path, tiny_source: Path) -> Non
     assert store_entries(store) == ["t"]  # the old copy and the staging dir are gone
 
 
-@pytest.fixture
-def tiny_tmpfs(tmp_path: Path):
-    """A 1 MiB tmpfs: a real full disk. Needs root (CI runs as root); fails loudly otherwise."""
-    mnt = tmp_path / "full"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if res.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs to fill (needs root): {res.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
 def test_a_disk_that_fills_during_transcode_leaves_nothing(
     tiny_tmpfs: Path, tiny_source: Path
 ) -> None:

@@ -36,7 +36,9 @@ async def test_lists_titles(client: TestClient) -> None:
     r = await client.get("/titles")
     assert r.status == 200
     body = await r.json()
-    assert body["titles"] == [{"title": TITLE, "name": "Tiny test title", "duration_s": 10.0}]
+    assert body["titles"] == [
+        {"title": TITLE, "name": "Tiny test title", "duration_s": 10.0, "requests": 0}
+    ]
 
 
 async def test_serves_the_manifest(client: TestClient, store: TitleStore) -> None:
