@@ -29,6 +29,7 @@ class ApplianceConfig:
     admin_key: str | None = None
     open: bool = False  # serve unsigned /titles/... too
     steering: str | None = None
+    url: str | None = None  # public URL, if not http://host:port
     lock_timeout_s: float = 10.0  # a waiter stops waiting for a stuck fill and fetches itself
     background_fills: int = 2  # upstream fetches at once for admin fills and read-ahead
     read_ahead_segments: int = 2  # segments after the one asked for, brought into memory
@@ -75,5 +76,6 @@ class ApplianceConfig:
                 raise UserError(f"{name} {getattr(self, name)}: must be more than 0")
 
     @property
-    def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+    def public_url(self) -> str:
+        """Where players reach this appliance (what steering hands out)."""
+        return self.url or f"http://{self.host}:{self.port}"

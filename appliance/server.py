@@ -23,6 +23,7 @@ from appliance import readahead, tiers
 from appliance.admin import add_routes as add_admin_routes
 from appliance.config import ApplianceConfig
 from appliance.fill import Fill, Filler, FillError, State
+from appliance.heartbeat import heartbeat_loop
 from appliance.limiter import AdaptiveLimiter, LimiterConfig
 from appliance.objects import ObjectMeta
 from appliance.upstream import NOT_FOUND_HEADER, Upstreams
@@ -142,6 +143,13 @@ class Appliance:
             upstreams, on_filled=self._filled, negative_ttl_s=self.config.negative_ttl_s
         )
         self._spawn(self._ticker())
+        if self.config.steering:
+            key = self.config.keys[0] if self.config.keys else None
+            self._spawn(
+                heartbeat_loop(
+                    self.session, self.config.steering, key, self.health, url=self.config.public_url
+                )
+            )
 
     async def stop(self) -> None:
         for task in list(self._background):

@@ -121,6 +121,7 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         admin_key=args.admin_key,
         open=args.open,
         steering=args.steering,
+        url=args.url,
     )
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--admin-key", help="the key for /admin/ (at least 16 characters)")
     p.add_argument("--open", action="store_true", help="also serve unsigned /titles/... URLs")
     p.add_argument("--steering", metavar="URL", help="steering service to send heartbeats to")
+    p.add_argument(
+        "--url", help="the URL players reach this appliance at (default http://HOST:PORT)"
+    )
     p.set_defaults(func=cmd_serve_appliance)
     return parser
 

@@ -133,3 +133,27 @@ def key_ring(keys: list[SigningKey]) -> dict[str, SigningKey]:
             raise ValueError(f"two different signing keys share the key id {k.key_id!r}")
         ring[k.key_id] = k
     return ring
+
+
+# -- signed request bodies (appliance heartbeats) -------------------------------------
+
+SIGNATURE_HEADER = "X-Streamcdn-Signature"
+
+
+def sign_body(body: bytes, key: SigningKey) -> str:
+    """``<key id>:<base64url HMAC-SHA256 of body>``, for the SIGNATURE_HEADER."""
+    mac = hmac.new(key.secret, body, hashlib.sha256).digest()
+    return f"{key.key_id}:{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
+
+
+def verify_body(body: bytes, header: str, keys: Mapping[str, SigningKey]) -> SigningKey | None:
+    """The key that signed ``body``, or None if the signature is missing, unknown or wrong.
+
+    The body must carry its own timestamp and sender: this proves who wrote it, the
+    receiver still refuses stale or replayed bodies.
+    """
+    key_id, sep, _ = header.partition(":")
+    key = keys.get(key_id) if sep else None
+    if key is None or len(header) > MAX_TOKEN_LEN:
+        return None
+    return key if hmac.compare_digest(sign_body(body, key), header) else None

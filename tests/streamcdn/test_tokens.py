@@ -104,3 +104,19 @@ def test_keys_parse_with_or_without_an_id() -> None:
 @given(st.text(max_size=300))
 def test_no_string_crashes_verify(token: str) -> None:
     assert isinstance(check(token), TokenError | Grant)
+
+
+def test_signed_bodies_prove_their_sender() -> None:
+    from streamcdn.tokens import sign_body, verify_body
+
+    body = b'{"id": "a1", "sent_at": 1}'
+    header = sign_body(body, NEW)
+    ring = key_ring([OLD, NEW])
+    assert verify_body(body, header, ring) == NEW
+    assert verify_body(body + b" ", header, ring) is None  # tampered
+    assert (
+        verify_body(body, sign_body(body, SigningKey.parse("new:someone-elses-key")), ring) is None
+    )
+    assert verify_body(body, header, key_ring([OLD])) is None  # rotated out
+    for junk in ("", "new", "new:", ":" * 5000, "zz:abc"):
+        assert verify_body(body, junk, ring) is None
