@@ -1,14 +1,17 @@
 """`streamcdn demo`: the stack on one machine, each service its own process.
 
 For now the stack is the origin with three sample titles of clearly different
-complexity. The first run makes and ingests the samples (a few minutes on two
-cores); later runs find them and start at once.
+complexity and three cache appliances: ``ix1`` at an exchange point, filling from the
+origin, and ``a1``, ``a2`` embedded in an ISP, filling from ``ix1`` and then the origin.
+The first run makes and ingests the samples (a few minutes on two cores); later runs
+find them and start at once.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -119,16 +122,53 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+@dataclass(frozen=True)
+class DemoAppliance:
+    id: str
+    site: str
+    port_offset: int
+    parents: tuple[str, ...]  # ids of parent appliances, tried before the origin
+
+
+# DESIGN.md's topology: two appliances embedded in an ISP fill from the exchange point's.
+APPLIANCES = (
+    DemoAppliance("ix1", "ix", 22, ()),
+    DemoAppliance("a1", "isp-a", 20, ("ix1",)),
+    DemoAppliance("a2", "isp-a", 21, ("ix1",)),
+)
+PLAY_TOKEN_TTL_S = 24 * 3600
+
+
+def demo_secrets(data: Path) -> dict[str, str]:
+    """The demo's signing and admin keys: made once, kept in DIR/secrets.json (mode 600)."""
+    path = data / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    secrets_ = {"signing_key": f"demo:{secrets.token_hex(16)}", "admin_key": secrets.token_hex(16)}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(secrets_, f, indent=2)
+    return secrets_
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(
     data: Path, *, port_base: int = 8080, host: str = "127.0.0.1", quick: bool = False
 ) -> None:
+    from streamcdn.tokens import SigningKey, sign, title_prefix
+
     data = data.resolve()
     # SIGTERM (a service manager, `kill`) stops the demo as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     store_dir = prepare_titles(data, quick=quick)
+    keys = demo_secrets(data)
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     origin_url = f"http://{host}:{port_base + ORIGIN_OFFSET}"
+    urls = {a.id: f"http://{host}:{port_base + a.port_offset}" for a in APPLIANCES}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         procs.append(
@@ -147,22 +187,82 @@ def run_demo(
                 logs / "origin.log",
             )
         )
+        for a in APPLIANCES:
+            upstreams = [arg for p in a.parents for arg in ("--upstream", urls[p])]
+            procs.append(
+                start_service(
+                    a.id,
+                    [
+                        "appliance",
+                        "--id",
+                        a.id,
+                        "--site",
+                        a.site,
+                        "--host",
+                        host,
+                        "--port",
+                        str(port_base + a.port_offset),
+                        "--cache-dir",
+                        str(data / "cache" / a.id),
+                        "--mem",
+                        "256MB",
+                        "--disk",
+                        "2GB",
+                        *upstreams,
+                        "--upstream",
+                        origin_url,
+                        "--key",
+                        keys["signing_key"],
+                        "--admin-key",
+                        keys["admin_key"],
+                    ],
+                    urls[a.id],
+                    logs / f"{a.id}.log",
+                )
+            )
+        key = SigningKey.parse(keys["signing_key"])
+        expires = int(time.time() + PLAY_TOKEN_TTL_S)
+
+        def play_url(appliance: str, title: str) -> str:
+            token = sign(title_prefix(title), key, expires=expires)
+            return f"{urls[appliance]}/s/{token}/titles/{title}/master.m3u8"
+
         info = {
             "pid": os.getpid(),
             "origin": origin_url,
+            "appliances": {
+                a.id: {
+                    "url": urls[a.id],
+                    "site": a.site,
+                    "upstreams": [urls[p] for p in a.parents] + [origin_url],
+                }
+                for a in APPLIANCES
+            },
+            "secrets": str(data / "secrets.json"),
             "logs": str(logs),
             "titles": {
-                t.title: {"name": t.name, "master": f"{origin_url}/titles/{t.title}/master.m3u8"}
+                t.title: {
+                    "name": t.name,
+                    "origin_master": f"{origin_url}/titles/{t.title}/master.m3u8",
+                    "play": {a.id: play_url(a.id, t.title) for a in APPLIANCES},
+                }
                 for t in CATALOGUE
             },
         }
         (data / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
         console.print(f"\n[bold]streamcdn demo is up[/bold] (details in {data / 'demo.json'})")
-        console.print(f"  origin     {origin_url}/titles")
+        console.print(f"  origin   {origin_url}/titles")
+        for a in APPLIANCES:
+            console.print(f"  {a.id:<8} {urls[a.id]}  site {a.site}")
+        console.print("\nSigned URLs on a1 (valid 24 h):")
         for t in CATALOGUE:
-            console.print(f"  {t.title:<10} {info['titles'][t.title]['master']}")
-        first = info["titles"][CATALOGUE[0].title]["master"]
+            console.print(f"  {t.title:<8} {info['titles'][t.title]['play']['a1']}")
+        first = info["titles"][CATALOGUE[0].title]["play"]["a1"]
         console.print(f"\nPlay one:  vlc {first}\n     or:  ffplay {first}")
+        console.print(
+            f"Pre-fill a cache:  streamcdn fill --appliance {urls['a2']} "
+            f"--admin-key $(jq -r .admin_key {data / 'secrets.json'}) --top 3"
+        )
         console.print("Ctrl-C stops everything.")
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)

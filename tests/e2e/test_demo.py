@@ -45,11 +45,21 @@ def interrupt(proc: subprocess.Popen[str], signum: int = signal.SIGINT) -> str:
     return err
 
 
-def test_demo_serves_playable_titles_and_restarts_without_redoing_work(tmp_path: Path) -> None:
+def health(url: str) -> dict:
+    with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
+        return json.load(r)
+
+
+def test_demo_serves_signed_titles_through_the_appliance_tree(tmp_path: Path) -> None:
     data, port_base = tmp_path / "demo", free_port() - 2
     proc = start_demo(data, port_base)
     info = wait_for_demo_json(data, proc, timeout_s=240)
     assert sorted(info["titles"]) == ["calm", "life", "testsrc"]
+    assert {a: v["site"] for a, v in info["appliances"].items()} == {
+        "a1": "isp-a",
+        "a2": "isp-a",
+        "ix1": "ix",
+    }
     for title in info["titles"].values():
         out = subprocess.run(
             [
@@ -57,7 +67,7 @@ def test_demo_serves_playable_titles_and_restarts_without_redoing_work(tmp_path:
                 "-hide_banner",
                 "-nostdin",
                 "-i",
-                title["master"],
+                title["play"]["a1"],
                 "-map",
                 "0",
                 "-c",
@@ -71,17 +81,24 @@ def test_demo_serves_playable_titles_and_restarts_without_redoing_work(tmp_path:
             timeout=60,
         )
         assert out.returncode == 0, out.stderr[-800:]
+    # a1 filled from its parent ix1, which filled from the origin.
+    a1, ix1 = health(info["appliances"]["a1"]["url"]), health(info["appliances"]["ix1"]["url"])
+    assert a1["tiers"]["memory"]["objects"] > 10 and ix1["tiers"]["memory"]["objects"] > 10
+    assert health(info["appliances"]["a2"]["url"])["tiers"]["memory"]["objects"] == 0
     err = interrupt(proc)
-    assert "vlc http://" in err  # the demo told the user how to play a title
-    with pytest.raises(OSError):  # the origin was stopped with the demo
-        urllib.request.urlopen(f"{info['origin']}/health", timeout=2)
+    assert "vlc http://" in err and "/s/" in err  # the demo told the user how to play a title
+    for url in [info["origin"], *(a["url"] for a in info["appliances"].values())]:
+        with pytest.raises(OSError):  # every service was stopped with the demo
+            urllib.request.urlopen(f"{url}/health", timeout=2)
     manifests = {p: p.stat().st_ino for p in (data / "store").glob("*/manifest.json")}
     assert len(manifests) == 3
 
     started = time.monotonic()
     proc = start_demo(data, port_base)
-    wait_for_demo_json(data, proc, timeout_s=30)
+    info = wait_for_demo_json(data, proc, timeout_s=30)
     assert time.monotonic() - started < 15  # nothing is made or ingested again
+    # The appliances restarted warm: a1's disk tier still holds what it served.
+    assert health(info["appliances"]["a1"]["url"])["tiers"]["disk"]["objects"] > 10
     interrupt(proc, signal.SIGTERM)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"{info['origin']}/health", timeout=2)
