@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from streamcdn.errors import UserError
 from streamcdn.progress import console
@@ -61,18 +61,21 @@ def run_fill(
         TextColumn("fill"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("objects"),
-        DownloadColumn(),
+        TextColumn("objects, {task.fields[mb]:.1f} MB fetched"),
     )
     with Progress(*columns, console=console) as progress:
-        objects = progress.add_task("objects", total=None)
-        while job["state"] == "running":
+        task = progress.add_task("fill", total=None, mb=0.0)
+        while True:
+            progress.update(
+                task,
+                total=job["objects_total"] or None,
+                completed=job["objects_done"],
+                mb=job["bytes_done"] / 1e6,
+            )
+            if job["state"] != "running":
+                break
             time.sleep(POLL_S)
             job = _call("GET", f"{base}/admin/fill/{job['id']}", admin_key)
-            progress.update(
-                objects, total=job["objects_total"] or None, completed=job["objects_done"]
-            )
-        progress.update(objects, total=job["objects_total"], completed=job["objects_done"])
     elapsed = (job["finished_at"] or time.time()) - job["started_at"]
     console.print(
         f"{job['state']}: {job['objects_done']}/{job['objects_total']} objects in "
