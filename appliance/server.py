@@ -38,6 +38,7 @@ log = logging.getLogger("streamcdn.appliance")
 APPLIANCE = web.AppKey("appliance", "Appliance")
 READY_AT = web.RequestKey("ready_at", float)  # when the response was about to start
 MAX_KNOWN_RENDITIONS = 10_000
+SEND_STALL_S = 30.0  # a client that takes longer than this to take one chunk is dropped
 PROMOTE_AFTER_DISK_HITS = 2  # disk hits before an object is copied into memory
 TICK_S = 1.0
 EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
@@ -434,8 +435,13 @@ class Appliance:
         sent = 0
         try:
             async for piece in fill.read(0, meta.size):
-                await resp.write(piece)
+                async with asyncio.timeout(SEND_STALL_S):  # a reader that stopped reading
+                    await resp.write(piece)
                 sent += len(piece)
+        except TimeoutError:
+            log.warning("client stopped reading; closing", extra={"key": meta.key, "sent": sent})
+            if request.transport is not None:
+                request.transport.close()
         except FillError as exc:
             log.warning(
                 "fill failed mid-stream; cutting the response short",
@@ -507,7 +513,8 @@ async def send_region(
         chunk = await asyncio.to_thread(f.read, min(left, 1 << 20))
         if not chunk:
             break
-        await resp.write(chunk)
+        async with asyncio.timeout(SEND_STALL_S):
+            await resp.write(chunk)
         left -= len(chunk)
 
 

@@ -37,6 +37,9 @@ HEALTH_CHECKS = web.AppKey("health_checks", list)
 _METRICS = web.AppKey("metrics", dict)
 
 SHUTDOWN_TIMEOUT_S = 10.0
+# A connection that sends no complete request for this long is closed: this bounds
+# idle keep-alive connections and slow-header (slowloris) clients alike.
+KEEPALIVE_TIMEOUT_S = 15.0
 MAX_REQUEST_BYTES = 1 << 20  # servers that take bodies can raise it per route
 # Fields of a LogRecord that are not extra= keys.
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -182,6 +185,7 @@ def run(app: web.Application, *, host: str, port: int) -> None:
         access_log_class=JsonAccessLogger,
         access_log=logging.getLogger(f"streamcdn.{app[SERVICE]}.access"),
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
         print=None,
         handle_signals=True,
     )

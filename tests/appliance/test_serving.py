@@ -12,6 +12,7 @@ from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
+from appliance.server import APPLIANCE
 from streamcdn.digest import digest_bytes
 from streamcdn.tokens import SigningKey
 from tests.appliance.conftest import (
@@ -351,3 +352,31 @@ async def test_a_full_disk_degrades_but_keeps_serving(
     assert health["status"] == "degraded" and "disk" in health["reasons"][0]
     status, headers, _ = await get(appliance, signed(TITLE, SEGMENT))
     assert (status, headers["X-Cache"]) == (200, "HIT")  # still served, from memory
+
+
+async def test_slow_and_oversized_requests_do_not_hold_connections(
+    aiohttp_server, make_appliance: MakeAppliance
+) -> None:
+    from appliance.config import ApplianceConfig
+    from appliance.server import create_app
+
+    appliance = await make_appliance()
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000 + b"\r\n\r\n")
+    assert (await reader.read(100)).startswith(b"HTTP/1.0 400")
+    writer.close()
+    # Half a request, then silence: closed after the keep-alive timeout (15 s when served by
+    # `streamcdn serve`; 1 s here), so slow-header clients cannot pile up connections.
+    config = ApplianceConfig(
+        id="slow",
+        cache_dir=appliance.app[APPLIANCE].config.cache_dir,
+        upstreams=("http://127.0.0.1:9",),
+        open=True,
+    )
+    server = await aiohttp_server(create_app(config), keepalive_timeout=1)
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    started = time.monotonic()
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server hung up
+    assert time.monotonic() - started < 3
+    writer.close()

@@ -1,0 +1,149 @@
+"""Coalesced misses: time to first byte of 100 simultaneous cold requests vs one.
+
+Starts a real origin and a real appliance (separate processes, loopback), then for each
+run purges the title from the appliance and asks for one cold 1080p segment, either
+once or 100 times at once. Reports TTFB medians over the runs, the 100 waiters' p50,
+p99 and max TTFB relative to a single request's, and how many requests reached the
+origin (from its own metrics).
+
+    .venv/bin/python bench/coalesce.py [--runs 5] [--waiters 100] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from media.sample import make_sample  # noqa: E402
+from origin.ingest import ingest  # noqa: E402
+from origin.store import TitleStore  # noqa: E402
+from tests.conftest import free_port, wait_for_port  # noqa: E402
+
+OUT = ROOT / "bench" / "out" / "coalesce"
+TITLE = "bench1080"
+SEGMENT = "1080p/seg_00001.m4s"
+ADMIN = "bench-admin-key-0123456789"
+
+
+def prepare() -> Path:
+    store = OUT / "store"
+    if not TitleStore(store).exists(TITLE):
+        OUT.mkdir(parents=True, exist_ok=True)
+        source = OUT / "source.mp4"
+        if not source.exists():
+            make_sample(source, duration_s=12, size=(1920, 1080), pattern="life")
+        ingest(source, TITLE, TitleStore(store))
+    return store
+
+
+def serve(*args: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamcdn.cli", "serve", *args, "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_port(port, proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def ttfb(session: aiohttp.ClientSession, url: str) -> tuple[float, int]:
+    started = time.perf_counter()
+    async with session.get(url) as r:
+        await r.content.readany()
+        first = time.perf_counter() - started
+        size = len(await r.read())
+    assert r.status == 200, r.status
+    return first, size
+
+
+async def origin_gets(session: aiohttp.ClientSession, origin: str) -> int:
+    async with session.get(f"{origin}/metrics") as r:
+        text = await r.text()
+    m = re.search(r'route="/titles/\{title\}/\{path\}",status="200"\} ([0-9.]+)', text)
+    return int(float(m.group(1))) if m else 0
+
+
+async def measure(appliance: str, origin: str, runs: int, waiters: int) -> dict:
+    url = f"{appliance}/titles/{TITLE}/{SEGMENT}"
+    purge = f"{appliance}/admin/cache/titles/{TITLE}"
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    single, crowd, origin_per_crowd = [], [], []
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn) as s:
+        for _ in range(runs):
+            for mode in ("single", "crowd"):
+                async with s.delete(purge, headers=auth) as r:
+                    assert r.status == 200
+                before = await origin_gets(s, origin)
+                if mode == "single":
+                    single.append((await ttfb(s, url))[0])
+                else:
+                    results = await asyncio.gather(*(ttfb(s, url) for _ in range(waiters)))
+                    times = sorted(t for t, _ in results)
+                    crowd.append(times)
+                    origin_per_crowd.append(await origin_gets(s, origin) - before)
+    p = lambda q: statistics.median(ts[min(len(ts) - 1, int(q * len(ts)))] for ts in crowd)  # noqa: E731
+    single_ms = statistics.median(single) * 1000
+    return {
+        "runs": runs,
+        "waiters": waiters,
+        "single_ttfb_ms": round(single_ms, 2),
+        "crowd_p50_ms": round(p(0.5) * 1000, 2),
+        "crowd_p99_ms": round(p(0.99) * 1000, 2),
+        "crowd_max_ms": round(statistics.median(ts[-1] for ts in crowd) * 1000, 2),
+        "p99_over_single": round(p(0.99) * 1000 / single_ms, 2),
+        "origin_requests_per_crowd": max(origin_per_crowd),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--waiters", type=int, default=100)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    store = prepare()
+    origin, origin_url = serve("origin", "--store", str(store))
+    cache = OUT / "cache"
+    appliance, appliance_url = serve(
+        "appliance",
+        "--id",
+        "bench",
+        "--cache-dir",
+        str(cache),
+        "--upstream",
+        origin_url,
+        "--open",
+        "--admin-key",
+        ADMIN,
+    )
+    try:
+        result = asyncio.run(measure(appliance_url, origin_url, args.runs, args.waiters))
+    finally:
+        for p in (appliance, origin):
+            p.terminate()
+            p.wait()
+    result["machine"] = f"{os.cpu_count()} cores"
+    if args.json:
+        print(json.dumps(result))
+        return
+    for k, v in result.items():
+        print(f"{k:>28}  {v}")
+
+
+if __name__ == "__main__":
+    main()
