@@ -40,6 +40,7 @@ READY_AT = web.RequestKey("ready_at", float)  # when the response was about to s
 MAX_KNOWN_RENDITIONS = 10_000
 SEND_STALL_S = 30.0  # a client that takes longer than this to take one chunk is dropped
 PROMOTE_AFTER_DISK_HITS = 2  # disk hits before an object is copied into memory
+MAX_DISK_HIT_COUNTS = 100_000
 TICK_S = 1.0
 EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
 
@@ -222,12 +223,15 @@ class Appliance:
             )
         started = time.monotonic()
         self.stats.active_requests += 1
-        dropped = True
+        dropped = True  # unless we learn otherwise: an exception we did not expect
         try:
             self._read_ahead_after(key)
             response = await self._serve(request, key)
             dropped = response.status >= 500
             return response
+        except web.HTTPException as exc:
+            dropped = exc.status >= 500
+            raise
         finally:
             self.stats.active_requests -= 1
             # Latency to the response's start: body transfer times differ by size and client.
@@ -301,7 +305,7 @@ class Appliance:
         async with self.background:
             if key in self.memory:
                 return "memory", self.memory.size_of(key)
-            entry = self.disk.get(key)
+            entry = self.disk.peek(key)  # background reads are not accesses
             if entry is not None:
                 await self._promote(entry)
                 if key in self.memory or key in self.disk:
@@ -326,6 +330,8 @@ class Appliance:
                     return self._send_bytes(request, entry.meta, data, "HIT", "disk")
                 await self.drop_corrupt(key)
             else:
+                if len(self._disk_hits) > MAX_DISK_HIT_COUNTS:
+                    self._disk_hits.clear()  # a rough count is enough; keep it bounded
                 self._disk_hits[key] += 1
                 if self._disk_hits[key] >= PROMOTE_AFTER_DISK_HITS:
                     del self._disk_hits[key]

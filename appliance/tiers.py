@@ -208,6 +208,10 @@ class DiskTier:
             return self._index[key]
         return None
 
+    def peek(self, key: str) -> DiskEntry | None:
+        """The entry without counting an access."""
+        return self._index.get(key)
+
     def sizes(self) -> list[tuple[str, int]]:
         return [(k, e.meta.size) for k, e in self._index.items()]
 
