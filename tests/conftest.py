@@ -62,6 +62,31 @@ def wait_for_port(
     raise RuntimeError(f"nothing listened on port {port} within {timeout_s} s")
 
 
+def ffmpeg_read_all(url_or_path: str, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    """What a real HLS client does with a master playlist: read every rendition to the end."""
+    from media.ffmpeg import ffmpeg_path
+
+    return subprocess.run(
+        [
+            ffmpeg_path(),
+            "-hide_banner",
+            "-nostdin",
+            "-i",
+            url_or_path,
+            "-map",
+            "0",
+            "-c",
+            "copy",
+            "-f",
+            "null",
+            "-",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 def streamcdn_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "streamcdn.cli", *args]
 

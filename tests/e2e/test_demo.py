@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from media.ffmpeg import ffmpeg_path
-from tests.conftest import free_port, streamcdn_cmd
+from tests.conftest import ffmpeg_read_all, free_port, streamcdn_cmd
 
 
 def start_demo(data: Path, port_base: int) -> subprocess.Popen[str]:
@@ -61,25 +60,7 @@ def test_demo_serves_signed_titles_through_the_appliance_tree(tmp_path: Path) ->
         "ix1": "ix",
     }
     for title in info["titles"].values():
-        out = subprocess.run(
-            [
-                ffmpeg_path(),
-                "-hide_banner",
-                "-nostdin",
-                "-i",
-                title["play"]["a1"],
-                "-map",
-                "0",
-                "-c",
-                "copy",
-                "-f",
-                "null",
-                "-",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        out = ffmpeg_read_all(title["play"]["a1"])
         assert out.returncode == 0, out.stderr[-800:]
     # a1 filled from its parent ix1, which filled from the origin.
     a1, ix1 = health(info["appliances"]["a1"]["url"]), health(info["appliances"]["ix1"]["url"])

@@ -5,31 +5,12 @@ import signal
 import subprocess
 import urllib.request
 
-from media.ffmpeg import ffmpeg_path
-from tests.conftest import TITLE, free_port, streamcdn_cmd, wait_for_port
+from tests.conftest import TITLE, ffmpeg_read_all, free_port, streamcdn_cmd, wait_for_port
 
 
 def test_ffmpeg_plays_a_whole_title_from_the_origin(origin_process: str) -> None:
     url = f"{origin_process}/titles/{TITLE}/master.m3u8"
-    out = subprocess.run(
-        [
-            ffmpeg_path(),
-            "-hide_banner",
-            "-nostdin",
-            "-i",
-            url,
-            "-map",
-            "0",
-            "-c",
-            "copy",
-            "-f",
-            "null",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = ffmpeg_read_all(url)
     assert out.returncode == 0, out.stderr[-800:]
     # Every rendition was opened and read to the end: 10 s of each video rung and of audio.
     assert out.stderr.count("Opening '") >= 3 * 3

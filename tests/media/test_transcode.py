@@ -15,6 +15,7 @@ from media.probe import probe
 from origin.ingest import ingest
 from origin.store import MANIFEST, TitleStore
 from streamcdn.digest import digest_file
+from tests.conftest import ffmpeg_read_all
 
 VIDEO_RUNGS = ["360p", "240p"]
 
@@ -130,24 +131,7 @@ def test_a_source_without_audio_gets_no_audio_group(tmp_path: Path, tiny_source:
 
 
 def test_the_ladder_plays_end_to_end_in_ffmpeg(title_dir: Path) -> None:
-    out = subprocess.run(
-        [
-            ffmpeg_path(),
-            "-hide_banner",
-            "-nostdin",
-            "-i",
-            str(title_dir / "master.m3u8"),
-            "-map",
-            "0",
-            "-c",
-            "copy",
-            "-f",
-            "null",
-            "-",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    out = ffmpeg_read_all(str(title_dir / "master.m3u8"))
     assert out.returncode == 0, out.stderr[-500:]
     assert "error" not in out.stderr.lower()
 

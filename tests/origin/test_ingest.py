@@ -91,20 +91,27 @@ def test_a_disk_that_fills_during_transcode_leaves_nothing(
     assert store_entries(store) == []
 
 
-def test_a_killed_ingest_leaves_litter_that_the_next_one_sweeps(
-    tmp_path: Path, tiny_source: Path
-) -> None:
-    store_dir = tmp_path / "store"
+def start_ingest_and_wait_for_segments(store_dir: Path, source: Path) -> subprocess.Popen[str]:
+    """A CLI ingest, caught while ffmpeg is writing segments into the staging directory."""
     proc = subprocess.Popen(
-        streamcdn_cmd("ingest", str(tiny_source), "--title", "t", "--store", str(store_dir)),
+        streamcdn_cmd("ingest", str(source), "--title", "t", "--store", str(store_dir)),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and not any(store_dir.glob(".ingest-*/360p/seg_*")):
         time.sleep(0.02)
+    return proc
+
+
+def test_a_killed_ingest_leaves_litter_that_the_next_one_sweeps(
+    tmp_path: Path, tiny_source: Path
+) -> None:
+    store_dir = tmp_path / "store"
+    proc = start_ingest_and_wait_for_segments(store_dir, tiny_source)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.communicate()
     assert not (store_dir / "t").exists()
     assert TitleStore(store_dir).titles() == []
     # kill -9 ran no cleanup; the next user of the store sweeps the dead process's staging dir.
@@ -116,15 +123,7 @@ def test_ctrl_c_during_ingest_publishes_nothing_and_cleans_up(
     tmp_path: Path, tiny_source: Path
 ) -> None:
     store_dir = tmp_path / "store"
-    proc = subprocess.Popen(
-        streamcdn_cmd("ingest", str(tiny_source), "--title", "t", "--store", str(store_dir)),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not any(store_dir.glob(".ingest-*/360p/seg_*")):
-        time.sleep(0.02)
+    proc = start_ingest_and_wait_for_segments(store_dir, tiny_source)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode != 0
