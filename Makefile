@@ -27,8 +27,14 @@ lint: install
 test: lint
 	$(BIN)/pytest
 
+# Each script prints its figures; bench/README.md has them with the machine and date.
 bench: install
+	$(PIP) install -e '.[dev,bench]'
 	$(BIN)/python bench/transcode.py
+	$(BIN)/python bench/traces.py
+	$(BIN)/python bench/policies.py --trace bench/out/zipf.csv
+	$(BIN)/python bench/policies.py --trace bench/out/sessions.csv
+	$(BIN)/python bench/coalesce.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 INITIAL_BEAT_TICKS = 64.0  # until the first cursor moves
 BEAT_GAIN = 1 / 64  # weight of the newest sample in the moving average of the beat
-STALE_BEATS = 5.0  # a cursor this many beats without moving is dropped
-PRUNE_AT_CURSORS = 32  # prune a rendition's stale cursors once it has this many
+STALE_BEATS = 5.0  # a cursor this many beats without moving counts as gone
+MAX_CURSORS = 64  # per rendition, the most recently started kept: bounds the cost of behind()
 SWEEP_TICKS = 65_536  # drop renditions with no live cursor this often (bounds memory)
 
 
@@ -54,10 +54,8 @@ class Cursors:
         if moved_from is not None:
             self.beat_ticks += BEAT_GAIN * (self.ticks - moved_from - self.beat_ticks)
         cursors[position] = self.ticks
-        if len(cursors) >= PRUNE_AT_CURSORS:
-            live_since = self.ticks - STALE_BEATS * self.beat_ticks
-            for stale in [p for p, tick in cursors.items() if tick < live_since]:
-                del cursors[stale]
+        if len(cursors) > MAX_CURSORS:
+            del cursors[next(iter(cursors))]
 
     def behind(self, key: str, horizon_segments: float) -> bool:
         """Is a live cursor at most horizon_segments before this segment?"""
@@ -82,5 +80,5 @@ class Cursors:
         self._next_sweep = self.ticks + SWEEP_TICKS
 
     def __len__(self) -> int:
-        """Live and not yet pruned cursors, for tests and metrics."""
+        """Cursors held (live, or stale and not yet swept), for tests and metrics."""
         return sum(len(cursors) for cursors in self._streams.values())

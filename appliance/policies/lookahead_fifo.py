@@ -15,14 +15,15 @@ from 1 KB playlists to 3 MB segments.
   bursts of large one-timers without per-hit reordering.
 - Lookahead: a segment with a live viewer cursor (appliance/policies/cursors.py) at most
   ``horizon`` segments before it counts as hit: that viewer is about to ask for it. The
-  horizon is what the main queue can afford: LOOKAHEAD_CYCLES main-queue cycles, measured
-  in the cursors' beat (one segment duration, in requests). So a trailing viewer finds what
-  the one ahead fetched, and segments nobody is heading for go first.
+  horizon is LOOKAHEAD_TURNOVERS times the requests the cache last took to admit its
+  capacity in new objects, in segments (the cursors' beat): a viewer farther behind would
+  not arrive before the cache has turned over anyway. So a trailing viewer finds what the
+  viewer ahead fetched, and segments that nobody is heading for go first.
 
-Scan resistance, the S3-FIFO way, and the lookahead, are both byte-neutral: the decisions
-do not favour small objects, which is what a byte miss ratio wants. The admission rules
-only come into play when room has to be made, so a warm restart re-admitting everything
-that fits keeps it all.
+Size: bytes bound the cache, and decisions are deliberately size-neutral (no cost/size
+priority): a byte miss ratio gains nothing from favouring small objects, and large one-timers
+cannot flush small hot objects since they only pass through probation. Nothing that fits is
+declined, so a warm restart that re-admits what is on disk keeps all of it.
 """
 
 from __future__ import annotations
@@ -36,8 +37,7 @@ from appliance.policies.cursors import Cursors
 
 PROBATION_SHARE = 0.01  # of capacity_bytes
 MAX_FREQ = 3  # 2-bit counter
-LOOKAHEAD_CYCLES = 1.0  # how far ahead of a viewer to protect, in main-queue cycles
-CYCLE_GAIN = 1 / 64  # weight of the newest sample in the moving average of the cycle
+LOOKAHEAD_TURNOVERS = 2.0  # how far ahead of a viewer to protect, in cache turnovers
 
 
 class LookaheadFIFO:
@@ -47,16 +47,19 @@ class LookaheadFIFO:
         self.capacity_bytes = check_capacity(capacity_bytes)
         self.used_bytes = 0
         self._probation_target_bytes = int(capacity_bytes * PROBATION_SHARE)
-        # FIFOs of key -> size, oldest (the tail) first; main's values are
-        # (size, tick it entered the head) so that its cycle can be measured.
+        # FIFOs of key -> size, oldest (the tail) first.
         self._probation: OrderedDict[str, int] = OrderedDict()
-        self._main: OrderedDict[str, tuple[int, int]] = OrderedDict()
+        self._main: OrderedDict[str, int] = OrderedDict()
         self._probation_bytes = 0
         self._main_bytes = 0
         self._freq: dict[str, int] = {}  # every resident key
         self._ghost: OrderedDict[str, None] = OrderedDict()  # bounded by len(self)
         self._cursors = Cursors()
-        self._cycle_ticks = 0.0  # moving average; 0 until main first cycles
+        # Turnover: the requests it took to admit capacity_bytes of new objects, last time;
+        # until then, the requests so far.
+        self._turnover_ticks = 0
+        self._turnover_started_at = 0
+        self._admitted_bytes = 0
 
     def __contains__(self, key: str) -> bool:
         return key in self._freq
@@ -79,13 +82,17 @@ class LookaheadFIFO:
             return []
         evicted: list[str] = []
         while self.used_bytes + size > self.capacity_bytes:
-            if self._probation_bytes >= self._probation_target_bytes or not self._main:
+            if self._probation and (
+                self._probation_bytes >= self._probation_target_bytes or not self._main
+            ):
                 self._evict_probation(evicted)
             else:
                 self._evict_main(evicted)
+        self._count_turnover(size)
         if key in self._ghost:
             del self._ghost[key]
-            self._to_main(key, size)
+            self._main[key] = size
+            self._main_bytes += size
         else:
             self._probation[key] = size
             self._probation_bytes += size
@@ -94,23 +101,27 @@ class LookaheadFIFO:
         self._trim_ghost()
         return evicted
 
-    def _wanted(self, key: str) -> bool:
-        """A viewer is heading for this segment and will be here within a main cycle."""
-        if not self._cycle_ticks:
-            return False
-        horizon = LOOKAHEAD_CYCLES * self._cycle_ticks / self._cursors.beat_ticks
-        return self._cursors.behind(key, horizon)
+    def _count_turnover(self, size: int) -> None:
+        self._admitted_bytes += size
+        if self._admitted_bytes >= self.capacity_bytes:
+            self._turnover_ticks = self._cursors.ticks - self._turnover_started_at
+            self._turnover_started_at = self._cursors.ticks
+            self._admitted_bytes = 0
 
-    def _to_main(self, key: str, size: int) -> None:
-        self._main[key] = (size, self._cursors.ticks)
-        self._main_bytes += size
+    def _wanted(self, key: str) -> bool:
+        """A viewer is heading for this segment and will be here before long: within
+        LOOKAHEAD_TURNOVERS of the time the cache takes to fill with new objects."""
+        turnover = self._turnover_ticks or self._cursors.ticks - self._turnover_started_at
+        horizon = LOOKAHEAD_TURNOVERS * turnover / self._cursors.beat_ticks
+        return self._cursors.behind(key, horizon)
 
     def _evict_probation(self, evicted: list[str]) -> None:
         key, size = self._probation.popitem(last=False)
         self._probation_bytes -= size
         if self._freq[key] > 0 or self._wanted(key):  # promote: frees nothing
             self._freq[key] = 0
-            self._to_main(key, size)
+            self._main[key] = size
+            self._main_bytes += size
             return
         del self._freq[key]
         self.used_bytes -= size
@@ -118,12 +129,11 @@ class LookaheadFIFO:
         self._ghost[key] = None
 
     def _evict_main(self, evicted: list[str]) -> None:
-        # Each object gets at most one reprieve for being wanted per call, so this ends
-        # even when every object in main is ahead of some viewer.
+        # At most len(main) reprieves for being wanted per call, so this ends even when
+        # every object in main is ahead of some viewer.
         reprieves = len(self._main)
         while True:
-            key, (size, entered) = self._main.popitem(last=False)
-            self._cycle_ticks += CYCLE_GAIN * (self._cursors.ticks - entered - self._cycle_ticks)
+            key, size = self._main.popitem(last=False)
             freq = self._freq[key]
             if freq > 0:
                 self._freq[key] = freq - 1
@@ -131,7 +141,7 @@ class LookaheadFIFO:
                 reprieves -= 1
             else:
                 break
-            self._main[key] = (size, self._cursors.ticks)  # back to the head
+            self._main[key] = size  # back to the head
         del self._freq[key]
         self._main_bytes -= size
         self.used_bytes -= size
@@ -148,7 +158,7 @@ class LookaheadFIFO:
             size = self._probation.pop(key)
             self._probation_bytes -= size
         else:
-            size, _ = self._main.pop(key)
+            size = self._main.pop(key)
             self._main_bytes -= size
         self.used_bytes -= size
         self._trim_ghost()
@@ -159,7 +169,7 @@ class LookaheadFIFO:
     def check_invariants(self) -> None:
         assert 0 <= self.used_bytes <= self.capacity_bytes, (self.used_bytes, self.capacity_bytes)
         assert self._probation_bytes == sum(self._probation.values()), "probation bytes drifted"
-        assert self._main_bytes == sum(s for s, _ in self._main.values()), "main bytes drifted"
+        assert self._main_bytes == sum(self._main.values()), "main bytes drifted"
         assert self.used_bytes == self._probation_bytes + self._main_bytes, "used_bytes drifted"
         assert not self._probation.keys() & self._main.keys(), "a key in probation and main"
         assert self._freq.keys() == self._probation.keys() | self._main.keys(), "freq != residents"

@@ -57,7 +57,7 @@ class S3FIFO:
             return []
         evicted: list[str] = []
         while self.used_bytes + size > self.capacity_bytes:
-            if self._small_bytes >= self._small_target_bytes or not self._main:
+            if self._small and (self._small_bytes >= self._small_target_bytes or not self._main):
                 self._evict_small(evicted)
             else:
                 self._evict_main(evicted)
