@@ -122,6 +122,7 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         open=args.open,
         steering=args.steering,
         url=args.url,
+        read_ahead_segments=args.read_ahead,
     )
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -259,6 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--admin-key", help="the key for /admin/ (at least 16 characters)")
     p.add_argument("--open", action="store_true", help="also serve unsigned /titles/... URLs")
+    p.add_argument(
+        "--read-ahead",
+        type=int,
+        default=2,
+        metavar="N",
+        help="segments after each one asked for to bring into memory (default 2)",
+    )
     p.add_argument("--steering", metavar="URL", help="steering service to send heartbeats to")
     p.add_argument(
         "--url", help="the URL players reach this appliance at (default http://HOST:PORT)"
