@@ -26,6 +26,7 @@ from appliance.fill import Fill, Filler, FillError, State
 from appliance.heartbeat import heartbeat_loop
 from appliance.limiter import AdaptiveLimiter, LimiterConfig
 from appliance.objects import ObjectMeta
+from appliance.sendfile import send_file_region
 from appliance.upstream import NOT_FOUND_HEADER, Upstreams
 from streamcdn import service
 from streamcdn.byteserving import Decision, decide
@@ -39,6 +40,7 @@ APPLIANCE = web.AppKey("appliance", "Appliance")
 READY_AT = web.RequestKey("ready_at", float)  # when the response was about to start
 MAX_KNOWN_RENDITIONS = 10_000
 SEND_STALL_S = 30.0  # a client that takes longer than this to take one chunk is dropped
+MIN_SEND_BPS = 64 * 1024  # bytes/s: a disk hit slower than this (and SEND_STALL_S) is dropped
 PROMOTE_AFTER_DISK_HITS = 2  # disk hits before an object is copied into memory
 MAX_DISK_HIT_COUNTS = 100_000
 TICK_S = 1.0
@@ -408,13 +410,21 @@ class Appliance:
         request[READY_AT] = time.monotonic()
         try:
             with entry.path.open("rb") as f:
-                await send_region(request, resp, f, entry.body_offset + start, length)
+                # Zero-copy from the page cache; a reader slower than MIN_SEND_BPS is dropped.
+                async with asyncio.timeout(max(SEND_STALL_S, length / MIN_SEND_BPS)):
+                    await send_file_region(request, resp, f, entry.body_offset + start, length)
         except FileNotFoundError:
             # Evicted between lookup and open: the next request fills it again.
-            self.disk.remove(meta.key)
+            if self.disk.peek(meta.key) is entry:
+                self.disk.remove(meta.key)
             raise web.HTTPServiceUnavailable(
                 text="object moved", headers={"Retry-After": "1"}
             ) from None
+        except EOFError:  # the file shrank under us: never serve it again
+            await self.drop_corrupt(meta.key)
+            return resp
+        except (ConnectionError, TimeoutError):
+            return resp  # the client left or stalled; send_file_region closed the connection
         self._count("hit", "disk", 0 if request.method == "HEAD" else length)
         return resp
 
@@ -504,24 +514,6 @@ class Appliance:
             "upstreams": upstreams,
             "policy": self.config.policy,
         }
-
-
-async def send_region(
-    request: web.Request, resp: web.StreamResponse, f, offset: int, length: int
-) -> None:  # type: ignore[no-untyped-def]
-    """Plain read + write; replaced by the zero-copy path in appliance/sendfile.py."""
-    await resp.prepare(request)
-    if request.method == "HEAD":
-        return
-    f.seek(offset)
-    left = length
-    while left > 0:
-        chunk = await asyncio.to_thread(f.read, min(left, 1 << 20))
-        if not chunk:
-            break
-        async with asyncio.timeout(SEND_STALL_S):
-            await resp.write(chunk)
-        left -= len(chunk)
 
 
 def _key(request: web.Request) -> str:

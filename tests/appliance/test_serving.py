@@ -380,3 +380,28 @@ async def test_slow_and_oversized_requests_do_not_hold_connections(
     assert await asyncio.wait_for(reader.read(), 5) == b""  # the server hung up
     assert time.monotonic() - started < 3
     writer.close()
+
+
+async def test_disk_hits_go_out_zero_copy_whole_and_in_ranges(
+    make_appliance: MakeAppliance, title_dir: Path
+) -> None:
+    # A memory tier too small for a segment: every hit after the fill comes from disk.
+    appliance = await make_appliance(mem_bytes=10_000, read_ahead_segments=0)
+    path = signed(TITLE, SEGMENT)
+    data = (title_dir / SEGMENT).read_bytes()
+    assert (await get(appliance, path))[2] == data
+    await wait_for_disk(appliance, 1)
+    async with ClientSession() as s:  # several requests on one keep-alive connection
+        for headers, expected in (
+            ({}, data),
+            ({"Range": "bytes=1000-"}, data[1000:]),
+            ({"Range": "bytes=7-7"}, data[7:8]),
+            ({}, data),
+        ):
+            async with s.get(f"{url_of(appliance)}{path}", headers=headers) as r:
+                assert r.headers["X-Cache"] == "HIT"
+                assert await r.read() == expected
+        async with s.head(f"{url_of(appliance)}{path}") as r:
+            assert int(r.headers["Content-Length"]) == len(data) and await r.read() == b""
+    health = json.loads((await get(appliance, "/health"))[2])
+    assert health["byte_hit_ratio"]["disk"] > 0.5 and health["tiers"]["memory"]["objects"] <= 1
