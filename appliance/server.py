@@ -14,6 +14,7 @@ import time
 from collections import Counter as Tally
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -99,8 +100,12 @@ class Appliance:
             ["result"],
             registry=registry,
         )
-        self.m_bytes = Counter(
-            "streamcdn_appliance_bytes", "Body bytes sent by source", ["source"], registry=registry
+        self._m_results: dict[str, Any] = {}
+        self.m_bytes = Gauge(
+            "streamcdn_appliance_sent_bytes",
+            "Body bytes sent by source since start (updated every second)",
+            ["source"],
+            registry=registry,
         )
         self.m_used = Gauge(
             "streamcdn_appliance_tier_used_bytes",
@@ -173,6 +178,8 @@ class Appliance:
         while True:
             await asyncio.sleep(TICK_S)
             self.stats.tick()
+            for source, total in self.stats.bytes.items():
+                self.m_bytes.labels(source).set(total)
             for name, tier in (("memory", self.memory), ("disk", self.disk)):
                 self.m_used.labels(name).set(tier.used_bytes)
                 self.m_capacity.labels(name).set(tier.capacity_bytes)
@@ -358,11 +365,13 @@ class Appliance:
 
     def _count(self, result: str, source: str | None = None, nbytes: int = 0) -> None:
         self.stats.requests[result] += 1
-        self.m_requests.labels(result).inc()
+        child = self._m_results.get(result)
+        if child is None:
+            child = self._m_results[result] = self.m_requests.labels(result)
+        child.inc()
         if source is not None:
             self.stats.requests[source] += 1
             self.stats.bytes[source] += nbytes
-            self.m_bytes.labels(source).inc(nbytes)
 
     def _headers(self, meta: ObjectMeta, cache: str) -> dict[str, str]:
         return {

@@ -92,7 +92,7 @@ def cmd_serve_origin(args: argparse.Namespace) -> None:
     from streamcdn import service
 
     app = create_app(args.store)
-    service.run(app, host=args.host, port=args.port)
+    service.run(app, host=args.host, port=args.port, access_log=args.access_log)
 
 
 def cmd_serve_appliance(args: argparse.Namespace) -> None:
@@ -128,7 +128,7 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--cache-dir {config.cache_dir}: {exc.strerror}") from None
-    service.run(create_app(config), host=config.host, port=config.port)
+    service.run(create_app(config), host=config.host, port=config.port, access_log=args.access_log)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -276,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
+    p.add_argument(
+        "--no-access-log",
+        dest="access_log",
+        action="store_false",
+        help="log no line per request (metrics still count them)",
+    )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument(
         "--port", type=port_number, default=default_port, help=f"port (default {default_port})"

@@ -116,10 +116,19 @@ async def _plumbing(request: web.Request, handler: Handler) -> web.StreamRespons
         log.exception("unhandled error", extra={"path": request.path})
         response = _error_body(500, "internal error")
     route, status = _route_label(request), str(response.status)
-    metrics["requests"].labels(route, request.method, status).inc()
-    metrics["latency"].labels(route).observe(time.perf_counter() - started)
-    length = response.body_length or response.content_length or 0
-    metrics["bytes"].labels(route, status).inc(length)
+    # One child per label set, looked up once: labels() costs more than the increment.
+    key = (route, request.method, status)
+    children = metrics["children"].get(key)
+    if children is None:
+        children = metrics["children"][key] = (
+            metrics["requests"].labels(route, request.method, status),
+            metrics["latency"].labels(route),
+            metrics["bytes"].labels(route, status),
+        )
+    requests, latency, sent = children
+    requests.inc()
+    latency.observe(time.perf_counter() - started)
+    sent.inc(response.body_length or response.content_length or 0)
     return response
 
 
@@ -149,6 +158,7 @@ def create_app(service: str, *, client_max_size: int = MAX_REQUEST_BYTES) -> web
     app[STARTED] = time.monotonic()
     app[HEALTH_CHECKS] = []
     app[_METRICS] = {
+        "children": {},
         "requests": Counter(
             "streamcdn_http_requests",
             "HTTP requests by route, method and status",
@@ -173,8 +183,11 @@ def create_app(service: str, *, client_max_size: int = MAX_REQUEST_BYTES) -> web
     return app
 
 
-def run(app: web.Application, *, host: str, port: int) -> None:
-    """Serve ``app`` on uvloop until SIGINT/SIGTERM, then drain in-flight requests."""
+def run(app: web.Application, *, host: str, port: int, access_log: bool = True) -> None:
+    """Serve ``app`` on uvloop until SIGINT/SIGTERM, then drain in-flight requests.
+
+    Without the access log every request is still counted in /metrics.
+    """
     setup_logging()
     log.info("listening", extra={"service": app[SERVICE], "host": host, "port": port})
     web.run_app(
@@ -183,7 +196,7 @@ def run(app: web.Application, *, host: str, port: int) -> None:
         port=port,
         loop=uvloop.new_event_loop(),
         access_log_class=JsonAccessLogger,
-        access_log=logging.getLogger(f"streamcdn.{app[SERVICE]}.access"),
+        access_log=logging.getLogger(f"streamcdn.{app[SERVICE]}.access") if access_log else None,
         shutdown_timeout=SHUTDOWN_TIMEOUT_S,
         keepalive_timeout=KEEPALIVE_TIMEOUT_S,
         print=None,
