@@ -27,9 +27,11 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.coalesce import ADMIN, TITLE, prepare, serve  # noqa: E402
+from bench.coalesce import ADMIN, prepare, serve  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 
+TITLE = "bench1080long"
+DURATION_S = 48  # 12 segments
 RENDITION = "1080p"
 
 
@@ -140,7 +142,7 @@ def main() -> None:
     parser.add_argument("--gap-ms", type=float, default=300.0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    store = prepare()
+    store = prepare(TITLE, DURATION_S)
     origin, origin_url = serve("origin", "--store", str(store))
     try:
         result = asyncio.run(run(args, origin_url))
