@@ -3,7 +3,8 @@
 Pure: takes the request's headers, the object's size and ETag, and returns a decision;
 the servers (origin, appliance) act on it. Only single ranges are served: RFC 9110
 14.2 lets a server ignore a Range header, and HLS players never send multi-range
-requests, so a multi-range request gets the whole object with 200.
+requests, so a multi-range request gets the whole object with 200. A malformed
+``bytes=`` range gets 416, as RFC 9110 14.2 allows.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 _SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+_MULTI_PART = re.compile(r"\d{1,18}-\d{0,18}|-\d{1,18}")
 MAX_DIGITS = 18  # larger numbers are nonsense, and int() on huge strings is slow
 
 
@@ -47,25 +49,32 @@ class _Unsatisfiable(Exception):
 
 
 def parse_range(value: str, size: int) -> ByteRange | None:
-    """One range from a Range header value, None if it is to be ignored.
+    """One range from a Range header value; None if the header is to be ignored.
 
-    Raises _Unsatisfiable for a well-formed range that selects no byte (RFC 9110 14.1.1).
+    Raises _Unsatisfiable for a byte range that selects no byte, and for a malformed
+    ``bytes=`` value, which RFC 9110 14.2 lets a server reject rather than ignore:
+    answering 416 tells a buggy client its request is wrong instead of sending it
+    the whole object. Other units and lists of several ranges are ignored (200).
     """
-    m = _SINGLE_RANGE.fullmatch(value.strip().replace(" ", ""))
+    spec = value.strip().replace(" ", "")
+    unit, sep, ranges = spec.partition("=")
+    if unit.lower() != "bytes" or not sep:
+        return None  # another unit: ignore
+    m = _SINGLE_RANGE.fullmatch(f"bytes={ranges}")
     if not m:
-        return None  # unknown unit, bad syntax or several ranges: ignore (RFC 9110 14.2)
+        if "," in ranges and all(_MULTI_PART.fullmatch(r) for r in ranges.split(",")):
+            return None  # several well-formed ranges: served whole, as allowed
+        raise _Unsatisfiable
     first, last = m.groups()
     if len(first) > MAX_DIGITS or len(last) > MAX_DIGITS or (not first and not last):
-        return None
+        raise _Unsatisfiable
     if not first:  # suffix range: the last N bytes
         n = int(last)
         if n == 0 or size == 0:
             raise _Unsatisfiable
         return ByteRange(max(0, size - n), size - 1)
     start = int(first)
-    if last and int(last) < start:
-        return None  # invalid range-spec: ignore
-    if start >= size:
+    if (last and int(last) < start) or start >= size:
         raise _Unsatisfiable
     end = min(int(last), size - 1) if last else size - 1
     return ByteRange(start, end)

@@ -10,8 +10,10 @@ import asyncio
 import os
 import socket
 import ssl
+import statistics
 import struct
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -204,6 +206,22 @@ async def test_keep_alive_serves_the_next_request(server: Server, files: dict[st
     finally:
         writer.close()
     assert server.used == [server.transfer] * 2
+
+
+async def test_small_responses_are_not_held_back(server: Server) -> None:
+    # The fast path corks the socket; one left corked holds each response's last segment
+    # for 200 ms before Linux sends it anyway.
+    reader, writer = await server.connect()
+    try:
+        times = []
+        for _ in range(5):
+            start = time.monotonic()
+            writer.write(request_bytes("/tiny"))
+            await read_response(reader)
+            times.append(time.monotonic() - start)
+    finally:
+        writer.close()
+    assert statistics.median(times) < 0.1
 
 
 async def test_headers_that_fill_the_socket_go_before_the_body(

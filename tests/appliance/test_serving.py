@@ -72,6 +72,8 @@ async def test_hits_carry_cache_headers_ranges_and_validators(
     )
     status, headers, _ = await get(appliance, path, headers={"Range": "bytes=99999999-"})
     assert (status, headers["Content-Range"]) == (416, f"bytes */{len(data)}")
+    status, headers, _ = await get(appliance, path, headers={"Range": "bytes=5-x"})
+    assert (status, headers["Content-Range"]) == (416, f"bytes */{len(data)}")
     etag = headers["ETag"]
     status, _, body = await get(appliance, path, headers={"If-None-Match": etag})
     assert (status, body) == (304, b"")

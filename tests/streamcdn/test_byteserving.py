@@ -41,11 +41,26 @@ def test_any_range_of_an_empty_object_is_unsatisfiable() -> None:
     assert decide({"Range": "bytes=-5"}, 0, ETAG).status == 416
 
 
-@pytest.mark.parametrize(
-    "header", ["bytes=0-1,3-4", "bytes=", "bytes=-", "bytes=5-1", "pages=0-1", "bytes=1" + "0" * 30]
-)
-def test_ignored_ranges(header: str) -> None:
+@pytest.mark.parametrize("header", ["bytes=0-1,3-4", "bytes=-5, 10-", "pages=0-1", "", "bytes"])
+def test_other_units_and_multiple_ranges_are_ignored(header: str) -> None:
     assert decide({"Range": header}, 100, ETAG).status == 200
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "bytes=",
+        "bytes=-",
+        "bytes=5-1",
+        "bytes=abc",
+        "bytes=1-2-3",
+        "bytes=0-1,x",
+        "bytes=1" + "0" * 30,
+    ],
+)
+def test_malformed_byte_ranges_are_rejected_with_416(header: str) -> None:
+    d = decide({"Range": header}, 100, ETAG)
+    assert d.status == 416 and d.headers(100) == {"Content-Range": "bytes */100"}
 
 
 def test_validators() -> None:
