@@ -44,3 +44,11 @@ def test_a_source_below_the_bottom_rung_keeps_its_own_size() -> None:
     [rung] = plan_ladder(320, 180)
     assert (rung.name, rung.width, rung.height) == ("180p", 320, 180)
     assert rung.video_kbps == DEFAULT_LADDER[-1].video_kbps
+
+
+def test_encoder_threads_follow_each_rungs_share_of_the_pixels() -> None:
+    from media.transcode import encoder_threads
+
+    assert encoder_threads(plan_ladder(1920, 1080), cores=2) == [2, 1, 1, 1, 1]
+    eight = encoder_threads(plan_ladder(1920, 1080), cores=8)
+    assert eight == sorted(eight, reverse=True) and eight[0] >= 8 and eight[-1] == 1
