@@ -342,7 +342,12 @@ class Appliance:
                 if len(self._disk_hits) > MAX_DISK_HIT_COUNTS:
                     self._disk_hits.clear()  # a rough count is enough; keep it bounded
                 self._disk_hits[key] += 1
-                if self._disk_hits[key] >= PROMOTE_AFTER_DISK_HITS:
+                # Promote hot objects, but never try one the memory tier cannot hold: each
+                # try reads and checks the whole file.
+                if (
+                    self._disk_hits[key] >= PROMOTE_AFTER_DISK_HITS
+                    and entry.meta.size <= self.memory.capacity_bytes
+                ):
                     del self._disk_hits[key]
                     self._spawn(self._promote(entry))
                 return await self._send_file(request, entry)
