@@ -35,6 +35,12 @@ bench: install
 	$(BIN)/python bench/policies.py --trace bench/out/zipf.csv
 	$(BIN)/python bench/policies.py --trace bench/out/sessions.csv
 	$(BIN)/python bench/coalesce.py
+	$(BIN)/python bench/readahead.py
+	@command -v nginx >/dev/null && command -v wrk >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq nginx wrk) || \
+		(echo "bench/serve.py and bench/sendfile.py need nginx and wrk: apt-get install nginx wrk"; exit 1)
+	$(BIN)/python bench/sendfile.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
