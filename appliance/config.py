@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -39,7 +39,6 @@ class ApplianceConfig:
     upstream_read_timeout_s: float = 10.0  # between two chunks of an upstream body
     negative_ttl_s: float = 5.0  # how long a 404 is remembered
     parent_token_ttl_s: float = 300.0  # tokens this appliance signs for its parents
-    extra: dict[str, str] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if not is_valid_title_id(self.id):

@@ -54,7 +54,6 @@ class Fill:
         self.state = State.RUNNING
         self.error: FillError | None = None
         self.data: bytes | None = None  # the whole checked body, once DONE
-        self.started = time.monotonic()
         self._chunks: list[bytes] = []
         self._starts: list[int] = []  # offset of each chunk
         self.received = 0

@@ -82,7 +82,6 @@ class Appliance:
         self.stats = Stats()
         self.session: aiohttp.ClientSession | None = None
         self.filler: Filler | None = None
-        self.started = time.time()
         self._disk_hits: Tally[str] = Tally()
         self._background: set[asyncio.Task[None]] = set()
         self._writing: set[str] = set()
