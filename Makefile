@@ -22,7 +22,9 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy media/ladder.py media/playlist.py media/mp4.py streamcdn/byteserving.py streamcdn/ids.py
+	$(BIN)/mypy media/ladder.py media/playlist.py media/mp4.py streamcdn/byteserving.py \
+		streamcdn/ids.py streamcdn/tokens.py streamcdn/breaker.py streamcdn/units.py \
+		appliance/limiter.py appliance/readahead.py appliance/policies
 
 test: lint
 	$(BIN)/pytest
