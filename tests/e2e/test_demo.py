@@ -12,13 +12,30 @@ import pytest
 from tests.conftest import ffmpeg_read_all, free_port, streamcdn_cmd
 
 
-def start_demo(data: Path, port_base: int) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        streamcdn_cmd("demo", "--data", str(data), "--port-base", str(port_base), "--quick"),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+@pytest.fixture
+def start_demo():
+    """Start `streamcdn demo --quick`; whatever a failing test leaves running is stopped
+    with SIGTERM, which makes the demo stop its own services too."""
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(data: Path, port_base: int) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            streamcdn_cmd("demo", "--data", str(data), "--port-base", str(port_base), "--quick"),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def wait_for_demo_json(data: Path, proc: subprocess.Popen[str], timeout_s: float) -> dict:
@@ -32,7 +49,6 @@ def wait_for_demo_json(data: Path, proc: subprocess.Popen[str], timeout_s: float
             if info["pid"] == proc.pid:
                 return info
         time.sleep(0.2)
-    proc.kill()
     pytest.fail(f"demo did not come up within {timeout_s} s")
 
 
@@ -49,7 +65,7 @@ def health(url: str) -> dict:
         return json.load(r)
 
 
-def test_demo_serves_signed_titles_through_the_appliance_tree(tmp_path: Path) -> None:
+def test_demo_serves_signed_titles_through_the_appliance_tree(tmp_path: Path, start_demo) -> None:
     data, port_base = tmp_path / "demo", free_port() - 2
     proc = start_demo(data, port_base)
     info = wait_for_demo_json(data, proc, timeout_s=240)
