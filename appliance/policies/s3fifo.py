@@ -23,11 +23,12 @@ MAX_FREQ = 3  # 2-bit counter
 
 class S3FIFO:
     name: ClassVar[str] = "s3fifo"
+    small_share: ClassVar[float] = SMALL_SHARE
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = check_capacity(capacity_bytes)
         self.used_bytes = 0
-        self._small_target_bytes = int(capacity_bytes * SMALL_SHARE)
+        self._small_target_bytes = int(capacity_bytes * self.small_share)
         # FIFOs of key -> size, oldest (the tail) first.
         self._small: OrderedDict[str, int] = OrderedDict()
         self._main: OrderedDict[str, int] = OrderedDict()
@@ -76,7 +77,7 @@ class S3FIFO:
     def _evict_small(self, evicted: list[str]) -> None:
         key, size = self._small.popitem(last=False)
         self._small_bytes -= size
-        if self._freq[key] > 0:  # hit while in small: promote, frees nothing
+        if self._promote_from_small(key):  # frees nothing
             self._freq[key] = 0
             self._main[key] = size
             self._main_bytes += size
@@ -85,6 +86,10 @@ class S3FIFO:
         self.used_bytes -= size
         evicted.append(key)
         self._ghost[key] = None
+
+    def _promote_from_small(self, key: str) -> bool:
+        """Whether an object leaving the small queue goes to main: hit while there."""
+        return self._freq[key] > 0
 
     def _trim_ghost(self) -> None:
         while len(self._ghost) > len(self._freq):
