@@ -160,6 +160,9 @@ def run_demo(
 ) -> None:
     from streamcdn.tokens import SigningKey, sign, title_prefix
 
+    highest = port_base + max(a.port_offset for a in APPLIANCES)
+    if highest > 65535:
+        raise UserError(f"--port-base {port_base}: the demo uses ports up to +22; at most 65513")
     data = data.resolve()
     # SIGTERM (a service manager, `kill`) stops the demo as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
