@@ -44,6 +44,13 @@ COPY_CHUNK_BYTES = 256 * 1024  # per read + write on the copy path
 # Most bytes sent per os.sendfile call: a client that reads as fast as we send never
 # fills the socket, and other connections get a turn of the event loop between calls.
 SENDFILE_SLICE_BYTES = 1024 * 1024
+SEND_STALL_S = 30.0  # a client that takes longer than this to take one chunk is dropped
+MIN_SEND_BPS = 64 * 1024  # bytes/s: a body sent slower than this (and SEND_STALL_S) is dropped
+
+
+def send_deadline_s(length: int) -> float:
+    """How long a body of ``length`` bytes may take before its client counts as stalled."""
+    return max(SEND_STALL_S, length / MIN_SEND_BPS)
 
 
 class Transfer(enum.Enum):
@@ -146,7 +153,7 @@ async def _send_zero_copy(
             writer = await response.prepare(request)
             assert writer is not None  # None only for a response already finished
             await _flush(transport, writer)
-            await _sendfile(out.fileno(), fd, offset, count)
+            await sendfile_all(out.fileno(), fd, offset, count)
         finally:
             with contextlib.suppress(OSError):  # the socket may be dead: keep the first error
                 out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
@@ -172,12 +179,13 @@ async def _flush(transport: asyncio.Transport, writer: AbstractStreamWriter) -> 
             transport.set_write_buffer_limits(high=high, low=low)
 
 
-async def _sendfile(out: int, fd: int, offset: int, count: int) -> None:
+async def sendfile_all(out: int, fd: int, offset: int, count: int) -> None:
+    """Send ``count`` bytes of ``fd`` from ``offset`` to the non-blocking socket ``out``."""
     while count:
         try:
             sent = os.sendfile(out, fd, offset, min(count, SENDFILE_SLICE_BYTES))
         except BlockingIOError:
-            await _writable(out)
+            await writable(out)
             continue
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise ConnectionResetError(f"client went away, {count} bytes unsent") from exc
@@ -189,7 +197,8 @@ async def _sendfile(out: int, fd: int, offset: int, count: int) -> None:
             await asyncio.sleep(0)
 
 
-async def _writable(fd: int) -> None:
+async def writable(fd: int) -> None:
+    """Wait until the non-blocking socket ``fd`` (not one a transport owns) takes bytes."""
     loop = asyncio.get_running_loop()
     ready = loop.create_future()
     loop.add_writer(fd, _wake, ready)

@@ -13,21 +13,24 @@ import logging
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Counter, Gauge
+from prometheus_client import Gauge
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from appliance import readahead, tiers
 from appliance.admin import add_routes as add_admin_routes
 from appliance.config import ApplianceConfig
 from appliance.fill import Fill, Filler, FillError, State
+from appliance.front import Front
 from appliance.heartbeat import heartbeat_loop
 from appliance.limiter import AdaptiveLimiter, LimiterConfig
 from appliance.objects import ObjectMeta
-from appliance.sendfile import send_file_region
+from appliance.sendfile import SEND_STALL_S, send_deadline_s, send_file_region
 from appliance.upstream import NOT_FOUND_HEADER, Upstreams
 from streamcdn import service
 from streamcdn.byteserving import Decision, decide
@@ -40,17 +43,17 @@ log = logging.getLogger("streamcdn.appliance")
 APPLIANCE = web.AppKey("appliance", "Appliance")
 READY_AT = web.RequestKey("ready_at", float)  # when the response was about to start
 MAX_KNOWN_RENDITIONS = 10_000
-SEND_STALL_S = 30.0  # a client that takes longer than this to take one chunk is dropped
-MIN_SEND_BPS = 64 * 1024  # bytes/s: a disk hit slower than this (and SEND_STALL_S) is dropped
 PROMOTE_AFTER_DISK_HITS = 2  # disk hits before an object is copied into memory
 MAX_DISK_HIT_COUNTS = 100_000
+MAX_FIXED_HEADERS = 100_000
 TICK_S = 1.0
 EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
 
 
 @dataclass
 class Stats:
-    requests: Tally[str] = field(default_factory=Tally)  # by result
+    results: Tally[str] = field(default_factory=Tally)  # hit, miss, coalesced, shed, ...
+    requests: Tally[str] = field(default_factory=Tally)  # by source: memory, disk, upstream
     bytes: Tally[str] = field(default_factory=Tally)  # by source
     egress_bps: float = 0.0
     active_requests: int = 0
@@ -73,6 +76,51 @@ class Stats:
         }
 
 
+class _Results(Collector):
+    """streamcdn_appliance_requests_total{result}, read from the appliance's own tally at
+    scrape time (cheaper per request than a prometheus_client Counter)."""
+
+    def __init__(self, results: Tally[str]) -> None:
+        self._results = results
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "streamcdn_appliance_requests", "Object requests by result", labels=["result"]
+        )
+        for result, n in sorted(self._results.items()):
+            family.add_metric([result], n)
+        yield family
+
+
+@dataclass(slots=True)
+class Hit:
+    """A cache hit ready to send: status, headers and where the body comes from.
+
+    Transport-agnostic: aiohttp's handlers and the front protocol (appliance/front.py)
+    both send it, so both answer the same request with the same bytes.
+    """
+
+    meta: ObjectMeta
+    status: int  # 200, 206, 304 or 416
+    fixed: dict[str, str]  # the headers every answer for this object has
+    fixed_text: str  # the same as "Name: value\r\n" lines
+    extra: dict[str, str]  # this answer's own: Age, X-Cache, Content-Range
+    source: str  # "memory" or "disk"
+    data: bytes | None  # memory: the whole object
+    entry: tiers.DiskEntry | None  # disk: the file, checked since this process started
+    start: int  # the body is [start, start + length) of the object
+    length: int
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return self.fixed | self.extra
+
+    @property
+    def body(self) -> memoryview:
+        assert self.data is not None
+        return memoryview(self.data)[self.start : self.start + self.length]
+
+
 class Appliance:
     def __init__(self, config: ApplianceConfig, app: web.Application) -> None:
         self.config = config
@@ -83,6 +131,7 @@ class Appliance:
         self.session: aiohttp.ClientSession | None = None
         self.filler: Filler | None = None
         self._disk_hits: Tally[str] = Tally()
+        self._fixed: dict[str, tuple[ObjectMeta, dict[str, str], str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._writing: set[str] = set()
         self.limiter = AdaptiveLimiter(
@@ -93,13 +142,7 @@ class Appliance:
         self._reading_ahead: set[str] = set()
         self._orders: OrderedDict[str, list[str]] = OrderedDict()  # rendition -> segment keys
         registry = app[service.REGISTRY]
-        self.m_requests = Counter(
-            "streamcdn_appliance_requests",
-            "Object requests by result",
-            ["result"],
-            registry=registry,
-        )
-        self._m_results: dict[str, Any] = {}
+        registry.register(_Results(self.stats.results))
         self.m_bytes = Gauge(
             "streamcdn_appliance_sent_bytes",
             "Body bytes sent by source since start (updated every second)",
@@ -150,10 +193,10 @@ class Appliance:
         self.filler = Filler(
             upstreams, on_filled=self._filled, negative_ttl_s=self.config.negative_ttl_s
         )
-        self._spawn(self._ticker())
+        self.spawn(self._ticker())
         if self.config.steering:
             key = self.config.keys[0] if self.config.keys else None
-            self._spawn(
+            self.spawn(
                 heartbeat_loop(
                     self.session, self.config.steering, key, self.health, url=self.config.public_url
                 )
@@ -168,7 +211,8 @@ class Appliance:
         if self.session is not None:
             await self.session.close()
 
-    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        """Run ``coro`` in the background; stop() cancels it."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -190,7 +234,7 @@ class Appliance:
         self._learn_order(meta.key, data)
         if meta.key not in self.disk and meta.key not in self._writing:
             self._writing.add(meta.key)
-            self._spawn(self._write_disk(meta, data))
+            self.spawn(self._write_disk(meta, data))
 
     async def _write_disk(self, meta: ObjectMeta, data: bytes) -> None:
         try:
@@ -233,7 +277,7 @@ class Appliance:
         self.stats.active_requests += 1
         dropped = True  # unless we learn otherwise: an exception we did not expect
         try:
-            self._read_ahead_after(key)
+            self.read_ahead_after(key)
             response = await self._serve(request, key)
             dropped = response.status >= 500
             return response
@@ -259,14 +303,15 @@ class Appliance:
             while len(self._orders) > MAX_KNOWN_RENDITIONS:
                 self._orders.popitem(last=False)
 
-    def _read_ahead_after(self, key: str) -> None:
+    def read_ahead_after(self, key: str) -> None:
+        """A client asked for ``key``: bring the next segments of its rendition into memory."""
         order = self._orders.get(readahead.rendition_of(key))
         if not order or not self.config.read_ahead_segments:
             return
         for nxt in readahead.next_keys(order, key, self.config.read_ahead_segments):
             if nxt not in self.memory and nxt not in self._reading_ahead:
                 self._reading_ahead.add(nxt)
-                self._spawn(self._read_ahead(nxt))
+                self.spawn(self._read_ahead(nxt))
 
     async def _read_ahead(self, key: str) -> None:
         try:
@@ -323,33 +368,90 @@ class Appliance:
             data = await fill.wait_done()
             return "filled", len(data)
 
+    def find_hit(self, key: str, headers: Mapping[str, str]) -> Hit | None:
+        """The answer to a GET of ``key`` if it can be sent at once: from memory, or from a
+        disk object already checked by this process. None: the slow path (a miss, or a
+        disk object to check first). Counts the access; the caller sends and calls sent()."""
+        found = self.memory.get(key)
+        if found is not None:
+            return self._hit(found[0], headers, "memory", data=found[1])
+        entry = self.disk.peek(key)
+        if entry is None or not entry.verified:
+            return None
+        self.disk.get(key)  # count the access in the disk policy
+        if len(self._disk_hits) > MAX_DISK_HIT_COUNTS:
+            self._disk_hits.clear()  # a rough count is enough; keep it bounded
+        self._disk_hits[key] += 1
+        # Promote hot objects, but never try one the memory tier cannot hold: each try
+        # reads and checks the whole file.
+        if (
+            self._disk_hits[key] >= PROMOTE_AFTER_DISK_HITS
+            and entry.meta.size <= self.memory.capacity_bytes
+        ):
+            del self._disk_hits[key]
+            self.spawn(self._promote(entry))
+        return self._hit(entry.meta, headers, "disk", entry=entry)
+
+    def _hit(
+        self,
+        meta: ObjectMeta,
+        headers: Mapping[str, str],
+        source: str,
+        *,
+        data: bytes | None = None,
+        entry: tiers.DiskEntry | None = None,
+    ) -> Hit:
+        decision = decide(headers, meta.size, meta.etag)
+        start, length = 0, meta.size
+        if decision.range is not None:
+            start, length = decision.range.start, decision.range.length
+        elif decision.status != 200:
+            length = 0
+        fixed, text = self._fixed_headers(meta)
+        extra = {"Age": str(meta.age_s(time.time())), "X-Cache": "HIT"}
+        extra.update(decision.headers(meta.size))
+        return Hit(meta, decision.status, fixed, text, extra, source, data, entry, start, length)
+
+    def _fixed_headers(self, meta: ObjectMeta) -> tuple[dict[str, str], str]:
+        """The headers that do not change between answers for ``meta``, built once."""
+        cached = self._fixed.get(meta.key)
+        if cached is None or cached[0] is not meta:
+            fixed = {
+                "ETag": meta.etag,
+                "X-Content-Digest": header_value(meta.digest),
+                "Content-Type": meta.content_type,
+                "Cache-Control": meta.cache_control or "public, max-age=60",
+                "Accept-Ranges": "bytes",
+                "X-Served-By": self.config.id,
+                "Access-Control-Allow-Origin": "*",
+            }
+            if len(self._fixed) >= MAX_FIXED_HEADERS:
+                self._fixed.clear()  # a cache of a cache: rebuilt as objects are asked for
+            text = "".join(f"{k}: {v}\r\n" for k, v in fixed.items())
+            cached = self._fixed[meta.key] = (meta, fixed, text)
+        return cached[1], cached[2]
+
+    def sent(self, hit: Hit, nbytes: int) -> None:
+        """Count a hit whose response went out with ``nbytes`` of body."""
+        if hit.status in (304, 416):
+            self._count(str(hit.status))
+        else:
+            self._count("hit", hit.source, nbytes)
+
     async def _serve(self, request: web.Request, key: str) -> web.StreamResponse:
-        hit = self.memory.get(key)
+        hit = self.find_hit(key, request.headers)
         if hit is not None:
-            return self._send_bytes(request, hit[0], hit[1], "HIT", "memory")
+            if hit.entry is not None and hit.status in (200, 206):
+                return await self._send_file(request, hit)
+            return self._send_hit(request, hit)
         entry = self.disk.get(key)
-        if entry is not None:
-            if not entry.verified:
-                # Loaded at start and never read since: check it once before it leaves.
-                data = await asyncio.to_thread(tiers.verify_blocking, entry)
-                if data is not None:
-                    entry.verified = True
-                    self.memory.put(entry.meta, data)
-                    return self._send_bytes(request, entry.meta, data, "HIT", "disk")
-                await self.drop_corrupt(key)
-            else:
-                if len(self._disk_hits) > MAX_DISK_HIT_COUNTS:
-                    self._disk_hits.clear()  # a rough count is enough; keep it bounded
-                self._disk_hits[key] += 1
-                # Promote hot objects, but never try one the memory tier cannot hold: each
-                # try reads and checks the whole file.
-                if (
-                    self._disk_hits[key] >= PROMOTE_AFTER_DISK_HITS
-                    and entry.meta.size <= self.memory.capacity_bytes
-                ):
-                    del self._disk_hits[key]
-                    self._spawn(self._promote(entry))
-                return await self._send_file(request, entry)
+        if entry is not None:  # loaded at start and never read since: check it before it leaves
+            data = await asyncio.to_thread(tiers.verify_blocking, entry)
+            if data is not None:
+                entry.verified = True
+                self.memory.put(entry.meta, data)
+                return self._send_bytes(request, entry.meta, data, "HIT", "disk")
+            await self.drop_corrupt(key)
         assert self.filler is not None
         if self.filler.known_missing(key, time.monotonic()):
             self._count("not_found")
@@ -368,30 +470,25 @@ class Appliance:
         return await self._send_fill(request, fill, result)
 
     def _count(self, result: str, source: str | None = None, nbytes: int = 0) -> None:
-        self.stats.requests[result] += 1
-        child = self._m_results.get(result)
-        if child is None:
-            child = self._m_results[result] = self.m_requests.labels(result)
-        child.inc()
+        self.stats.results[result] += 1
         if source is not None:
             self.stats.requests[source] += 1
             self.stats.bytes[source] += nbytes
 
     def _headers(self, meta: ObjectMeta, cache: str) -> dict[str, str]:
-        return {
-            "ETag": meta.etag,
-            "X-Content-Digest": header_value(meta.digest),
-            "Content-Type": meta.content_type,
-            "Cache-Control": meta.cache_control or "public, max-age=60",
-            "Accept-Ranges": "bytes",
-            "Age": str(meta.age_s(time.time())),
-            "X-Cache": cache,
-            "X-Served-By": self.config.id,
-            "Access-Control-Allow-Origin": "*",
-        }
+        fixed, _ = self._fixed_headers(meta)
+        return fixed | {"Age": str(meta.age_s(time.time())), "X-Cache": cache}
 
     def _decide(self, request: web.Request, meta: ObjectMeta) -> Decision:
         return decide(request.headers, meta.size, meta.etag)
+
+    def _send_hit(self, request: web.Request, hit: Hit) -> web.Response:
+        if hit.data is None or hit.status in (304, 416):
+            self.sent(hit, 0)
+            return web.Response(status=hit.status, headers=hit.headers)
+        self.sent(hit, 0 if request.method == "HEAD" else hit.length)
+        request[READY_AT] = time.monotonic()
+        return web.Response(status=hit.status, body=hit.body, headers=hit.headers)
 
     def _send_bytes(
         self, request: web.Request, meta: ObjectMeta, data: bytes, cache: str, source: str
@@ -408,28 +505,21 @@ class Appliance:
         request[READY_AT] = time.monotonic()
         return web.Response(status=decision.status, body=body, headers=headers)
 
-    async def _send_file(self, request: web.Request, entry: tiers.DiskEntry) -> web.StreamResponse:
-        meta = entry.meta
-        decision = self._decide(request, meta)
-        headers = self._headers(meta, "HIT") | decision.headers(meta.size)
-        if decision.status in (304, 416):
-            self._count(str(decision.status))
-            return web.Response(status=decision.status, headers=headers)
-        start, length = 0, meta.size
-        if decision.range is not None:
-            start, length = decision.range.start, decision.range.length
-        resp = web.StreamResponse(status=decision.status, headers=headers)
-        resp.content_length = length
+    async def _send_file(self, request: web.Request, hit: Hit) -> web.StreamResponse:
+        entry, meta = hit.entry, hit.meta
+        assert entry is not None
+        resp = web.StreamResponse(status=hit.status, headers=hit.headers)
+        resp.content_length = hit.length
         request[READY_AT] = time.monotonic()
         try:
             with entry.path.open("rb") as f:
                 # Zero-copy from the page cache; a reader slower than MIN_SEND_BPS is dropped.
-                async with asyncio.timeout(max(SEND_STALL_S, length / MIN_SEND_BPS)):
-                    await send_file_region(request, resp, f, entry.body_offset + start, length)
+                async with asyncio.timeout(send_deadline_s(hit.length)):
+                    await send_file_region(
+                        request, resp, f, entry.body_offset + hit.start, hit.length
+                    )
         except FileNotFoundError:
-            # Evicted between lookup and open: the next request fills it again.
-            if self.disk.peek(meta.key) is entry:
-                self.disk.remove(meta.key)
+            self.moved(entry)
             raise web.HTTPServiceUnavailable(
                 text="object moved", headers={"Retry-After": "1"}
             ) from None
@@ -438,8 +528,14 @@ class Appliance:
             return resp
         except (ConnectionError, TimeoutError):
             return resp  # the client left or stalled; send_file_region closed the connection
-        self._count("hit", "disk", 0 if request.method == "HEAD" else length)
+        self.sent(hit, 0 if request.method == "HEAD" else hit.length)
         return resp
+
+    def moved(self, entry: tiers.DiskEntry) -> None:
+        """A disk object's file vanished (evicted between lookup and open): forget it, so
+        the next request fills it again."""
+        if self.disk.peek(entry.meta.key) is entry:
+            self.disk.remove(entry.meta.key)
 
     async def _send_fill(self, request: web.Request, fill: Fill, cache: str) -> web.StreamResponse:
         if fill.state is State.FAILED or fill.meta is None:
@@ -569,6 +665,7 @@ def create_app(config: ApplianceConfig) -> web.Application:
     appliance = Appliance(config, app)
     app[APPLIANCE] = appliance
     app[service.HEALTH_CHECKS].append(appliance.health)
+    app[service.FRONT] = Front(app, appliance)  # cache hits skip aiohttp: appliance/front.py
 
     admin = add_admin_routes(app, appliance)
 

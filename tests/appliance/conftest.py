@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -14,12 +14,13 @@ from appliance.config import ApplianceConfig
 from appliance.server import create_app as create_appliance
 from origin.server import create_app as create_origin
 from origin.store import TitleStore
+from streamcdn import service
 from streamcdn.tokens import SigningKey, sign, title_prefix
 
 KEY = SigningKey.parse("k1:test-signing-key-0123456789")
 SEGMENT = "360p/seg_00000.m4s"
 
-MakeAppliance = Callable[..., Awaitable[TestServer]]
+MakeAppliance = Callable[..., Awaitable[service.Running]]
 
 
 @pytest.fixture
@@ -27,15 +28,17 @@ async def origin(aiohttp_server, store: TitleStore) -> TestServer:
     return await aiohttp_server(create_origin(store.root))
 
 
-def url_of(server: TestServer) -> str:
+def url_of(server: TestServer | service.Running) -> str:
     return str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture
-def make_appliance(aiohttp_server, tmp_path: Path, origin: TestServer) -> MakeAppliance:
-    """Start an appliance; keyword arguments override ApplianceConfig fields."""
+async def make_appliance(tmp_path: Path, origin: TestServer) -> AsyncIterator[MakeAppliance]:
+    """Start an appliance as `streamcdn serve appliance` does (its front protocol included);
+    keyword arguments override ApplianceConfig fields."""
+    started: list[service.Running] = []
 
-    async def make(**overrides: object) -> TestServer:
+    async def make(**overrides: object) -> service.Running:
         fields: dict[str, object] = {
             "id": "a1",
             "cache_dir": tmp_path / "cache-a1",
@@ -45,9 +48,14 @@ def make_appliance(aiohttp_server, tmp_path: Path, origin: TestServer) -> MakeAp
             "disk_bytes": 256 * 10**6,
         }
         fields.update(overrides)
-        return await aiohttp_server(create_appliance(ApplianceConfig(**fields)))  # type: ignore[arg-type]
+        app = create_appliance(ApplianceConfig(**fields))  # type: ignore[arg-type]
+        running = await service.start(app, host="127.0.0.1", port=0, access_log=False)
+        started.append(running)
+        return running
 
-    return make
+    yield make
+    for running in started:
+        await running.close()
 
 
 def signed(

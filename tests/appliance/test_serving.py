@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestServer
 from multidict import CIMultiDict
 
 from appliance.server import APPLIANCE
+from streamcdn import service
 from streamcdn.digest import digest_bytes
 from streamcdn.tokens import SigningKey
 from tests.appliance.conftest import (
@@ -357,7 +358,7 @@ async def test_a_full_disk_degrades_but_keeps_serving(
 
 
 async def test_slow_and_oversized_requests_do_not_hold_connections(
-    aiohttp_server, make_appliance: MakeAppliance
+    make_appliance: MakeAppliance,
 ) -> None:
     from appliance.config import ApplianceConfig
     from appliance.server import create_app
@@ -375,13 +376,19 @@ async def test_slow_and_oversized_requests_do_not_hold_connections(
         upstreams=("http://127.0.0.1:9",),
         open=True,
     )
-    server = await aiohttp_server(create_app(config), keepalive_timeout=1)
-    reader, writer = await asyncio.open_connection(server.host, server.port)
-    writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
-    started = time.monotonic()
-    assert await asyncio.wait_for(reader.read(), 5) == b""  # the server hung up
-    assert time.monotonic() - started < 3
-    writer.close()
+    server = await service.start(
+        create_app(config), host="127.0.0.1", port=0, access_log=False, keepalive_timeout_s=1
+    )
+    try:
+        for half in (b"GET /health HTTP/1.1\r\nHost: x\r\n", b"GET /titles/t/a.m3u8 HTTP/1.1\r\n"):
+            reader, writer = await asyncio.open_connection(server.host, server.port)
+            writer.write(half)
+            started = time.monotonic()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # the server hung up
+            assert time.monotonic() - started < 3
+            writer.close()
+    finally:
+        await server.close()
 
 
 async def test_disk_hits_go_out_zero_copy_whole_and_in_ranges(

@@ -1,0 +1,466 @@
+"""The appliance's front door: cache hits answered on the socket, everything else by aiohttp.
+
+Every connection starts with :class:`FrontProtocol`. It reads plain HTTP/1.1 ``GET`` and
+``HEAD`` requests for objects (``/s/{token}/titles/...`` and, when allowed,
+``/titles/...``) and answers those that are hits, from the memory tier with one write,
+from the disk tier with ``os.sendfile``, pipelined requests in order. The first request
+that is anything else (a miss, an admin or health route, a bad token, an odd header,
+HTTP/1.0, a body, percent-encoding) hands the connection over to aiohttp, with the bytes
+read so far, and the connection stays with aiohttp from then on. So every error and
+every rare case has one implementation, aiohttp's and the appliance's handlers, and
+the fast path only has to be right for the common case it accepts.
+
+Why: a 1 KB playlist hit through aiohttp's request machinery costs about 3x nginx's
+per-request CPU; here it costs a parse of a few header lines and one write
+(bench/serve.py, bench/README.md). The answer is the same either way: status, headers
+and body come from :meth:`Appliance.find_hit`, which both paths use.
+
+The rules aiohttp applies to its connections apply here too: a connection that sends
+no complete request for ``KEEPALIVE_TIMEOUT_S`` is closed, a request head over
+``MAX_HEAD_BYTES`` goes to aiohttp (which answers 431/400), a client that stops
+reading is dropped after ``SEND_STALL_S``, and shutdown lets answers in progress finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from appliance.sendfile import SEND_STALL_S, send_deadline_s, sendfile_all, writable
+from streamcdn import service
+from streamcdn.ids import is_valid_rel_path, is_valid_title_id
+from streamcdn.tokens import TokenError, verify
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from appliance.server import Appliance, Hit
+
+log = logging.getLogger("streamcdn.appliance")
+
+MAX_HEAD_BYTES = 8190  # aiohttp's own limit for a request line or a header field
+_TARGET = re.compile(
+    rb"/(?:s/([A-Za-z0-9_-]{1,1024})/)?titles/([A-Za-z0-9][A-Za-z0-9._-]{0,63})/([A-Za-z0-9._/-]{1,512})"
+)
+_TOKEN_CHARS = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Headers the fast path reads; a second copy of any of these, or any header in
+# _HAND_OVER, sends the request to aiohttp.
+_READ = {b"range": "Range", b"if-none-match": "If-None-Match", b"if-range": "If-Range"}
+_SINGLE = {b"host", b"connection", b"authorization", *_READ}
+_HAND_OVER = {b"content-length", b"transfer-encoding", b"expect", b"upgrade"}
+_REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 416: "Range Not Satisfiable"}
+_ROUTES = {True: "/s/{token}/titles/{title}/{path}", False: "/titles/{title}/{path}"}
+JOIN_BELOW_BYTES = 64 * 1024  # smaller bodies leave in the same write as the head
+
+
+class Request:
+    __slots__ = ("auth", "close", "head_len", "headers", "method", "target")
+
+    def __init__(self, method: str, target: bytes, headers: dict[str, str], close: bool,
+                 auth: str | None, head_len: int) -> None:  # fmt: skip
+        self.method = method
+        self.target = target
+        self.headers = headers  # only the ones in _READ, under their canonical names
+        self.close = close
+        self.auth = auth
+        self.head_len = head_len  # bytes of the request, blank line included
+
+
+def parse_head(buf: bytes | bytearray, end: int) -> Request | None:
+    """The request whose head is ``buf[:end]`` (``end`` is where its blank line starts), if
+    the fast path may answer it; None hands it to aiohttp."""
+    lines = bytes(buf[:end]).split(b"\r\n")
+    parts = lines[0].split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1" or parts[0] not in (b"GET", b"HEAD"):
+        return None
+    headers: dict[str, str] = {}
+    seen: set[bytes] = set()
+    close = False
+    auth = None
+    for line in lines[1:]:
+        name, sep, raw = line.partition(b":")
+        if not sep or not _TOKEN_CHARS.fullmatch(name) or _BAD_VALUE.search(raw):
+            return None  # also obsolete line folding: the name would start with a space
+        lower = name.lower()
+        if lower in _HAND_OVER:
+            return None
+        if lower in _SINGLE:
+            if lower in seen:
+                return None
+            seen.add(lower)
+        value = raw.strip(b" \t").decode("latin-1")
+        if lower in _READ:
+            headers[_READ[lower]] = value
+        elif lower == b"connection":
+            tokens = {t.strip().lower() for t in value.split(",")}
+            if not tokens <= {"close", "keep-alive"}:
+                return None
+            close = "close" in tokens
+        elif lower == b"authorization":
+            auth = value
+    if b"host" not in seen:
+        return None  # RFC 9112 3.2: a 400, which aiohttp's path gives
+    return Request(parts[0].decode(), parts[1], headers, close, auth, end + 4)
+
+
+class _HttpDate:
+    """The Date header's value, formatted once per second."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = email.utils.formatdate(second, usegmt=True)
+        return self._value
+
+
+class Front:
+    """The front protocol's shared state: the appliance, aiohttp's protocol factory, and
+    the connections still on the fast path (for shutdown)."""
+
+    def __init__(self, app: web.Application, appliance: Appliance) -> None:
+        self.app = app
+        self.appliance = appliance
+        self.connections: set[FrontProtocol] = set()
+        self.date = _HttpDate()
+        self.closing = False
+        self.aiohttp: Callable[[], asyncio.Protocol] | None = None
+        self.access_log: logging.Logger | None = None
+        self.keepalive_timeout_s = service.KEEPALIVE_TIMEOUT_S
+
+    def wrap(
+        self,
+        aiohttp: Callable[[], asyncio.Protocol],
+        access_log: logging.Logger | None,
+        keepalive_timeout_s: float,
+    ) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory to listen with, in front of aiohttp's."""
+        self.aiohttp, self.access_log = aiohttp, access_log
+        self.keepalive_timeout_s = keepalive_timeout_s
+        return lambda: FrontProtocol(self)
+
+    async def shutdown(self, timeout: float) -> None:
+        """Close idle fast connections now; let answers in progress finish, up to ``timeout``."""
+        self.closing = True
+        for conn in list(self.connections):
+            conn.close_if_idle()
+        deadline = time.monotonic() + timeout
+        while self.connections and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.abort()
+
+
+class FrontProtocol(asyncio.Protocol):
+    def __init__(self, front: Front) -> None:
+        self.front = front
+        self.appliance = front.appliance
+        self.transport: asyncio.Transport | None = None
+        self.remote: str | None = None
+        self.buf = bytearray()
+        self.busy = False  # a disk hit is being sent: later requests wait in buf
+        self.write_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._out: socket.socket | None = None  # a dup of the socket, for os.sendfile
+        self._last_done = time.monotonic()
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None
+
+    # -- connection events --------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        peer = transport.get_extra_info("peername")
+        self.remote = peer[0] if isinstance(peer, tuple) else None
+        self.front.connections.add(self)
+        self._arm_idle(self.front.keepalive_timeout_s)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._process()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._detach()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_exception(ConnectionResetError("client went away"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self._stall_timer = asyncio.get_running_loop().call_later(SEND_STALL_S, self.abort)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self._stall_timer is not None:
+            self._stall_timer.cancel()
+            self._stall_timer = None
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        self._process()
+
+    # -- the request loop ---------------------------------------------------------------
+
+    def _process(self) -> None:
+        while self.transport is not None and not self.busy and not self.write_paused:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD_BYTES:
+                    self._hand_over()
+                return
+            if end > MAX_HEAD_BYTES:
+                self._hand_over()
+                return
+            request = parse_head(self.buf, end)
+            if request is None or not self._answer(request):
+                self._hand_over()
+                return
+
+    def _answer(self, request: Request) -> bool:
+        """Answer ``request`` if it is a hit; False leaves it (still in buf) to aiohttp."""
+        started = time.monotonic()
+        m = _TARGET.fullmatch(request.target)
+        if m is None:
+            return False
+        token, title, rel = (g.decode("ascii") if g else None for g in m.groups())
+        assert title is not None and rel is not None
+        if not is_valid_title_id(title) or not is_valid_rel_path(rel):
+            return False
+        key = f"titles/{title}/{rel}"
+        appliance = self.appliance
+        if token is None:
+            if request.auth is not None:
+                if not request.auth.startswith("Bearer "):
+                    return False
+                token = request.auth.removeprefix("Bearer ").strip()
+            elif not appliance.config.open:
+                return False
+        if token is not None:
+            grant = verify(token, key, keys=appliance.keys, now=time.time(), client_ip=self.remote)
+            if isinstance(grant, TokenError):
+                return False  # aiohttp's path answers 403 with the reason
+        hit = appliance.find_hit(key, request.headers)
+        if hit is None:
+            return False
+        fd = None
+        if hit.entry is not None and hit.status in (200, 206) and request.method == "GET":
+            try:
+                fd = os.open(hit.entry.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                appliance.moved(hit.entry)  # evicted since the lookup: aiohttp's path fills it
+                return False
+        if not appliance.limiter.try_acquire():
+            if fd is not None:
+                os.close(fd)
+            return False  # aiohttp's path sheds it with 503 and Retry-After
+        del self.buf[: request.head_len]
+        appliance.read_ahead_after(key)
+        route = _ROUTES[m.group(1) is not None]
+        if fd is not None:
+            self.busy = True
+            assert self.transport is not None
+            self.transport.pause_reading()
+            appliance.spawn(self._send_disk(request, hit, fd, route, started))
+        else:
+            nbytes = self._send_memory(request, hit)
+            appliance.limiter.release(time.monotonic() - started, time.monotonic())
+            self._done(request, hit, route, nbytes, started)
+        return True
+
+    def _head(self, hit: Hit, close: bool) -> bytes:
+        length = "" if hit.status == 304 else f"Content-Length: {hit.length}\r\n"
+        extra = "".join([f"{k}: {v}\r\n" for k, v in hit.extra.items()])
+        if close:
+            extra += "Connection: close\r\n"
+        return (
+            f"HTTP/1.1 {hit.status} {_REASONS[hit.status]}\r\nDate: {self.front.date.now()}\r\n"
+            f"{length}{hit.fixed_text}{extra}\r\n"
+        ).encode("latin-1")
+
+    def _send_memory(self, request: Request, hit: Hit) -> int:
+        """Write a memory hit (or a bodiless answer); the body bytes sent."""
+        assert self.transport is not None
+        head = self._head(hit, request.close or self.front.closing)
+        if request.method == "HEAD" or hit.status in (304, 416) or hit.data is None:
+            self.transport.write(head)
+            return 0
+        body = hit.body
+        if len(body) < JOIN_BELOW_BYTES:
+            self.transport.write(head + body)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)  # immutable bytes: safe for uvloop to hold on to
+        return len(body)
+
+    async def _send_disk(
+        self, request: Request, hit: Hit, fd: int, route: str, started: float
+    ) -> None:
+        """Send a disk hit with os.sendfile; reading is paused until it is done."""
+        appliance = self.appliance
+        entry = hit.entry
+        assert entry is not None
+        close = request.close or self.front.closing
+        sent = 0
+        corrupt = False
+        ready = started
+        try:
+            async with asyncio.timeout(send_deadline_s(hit.length)):
+                await self._drain()
+                out = self._socket()
+                ready = time.monotonic()
+                # Corked, head and body leave in full segments (nginx's tcp_nopush).
+                out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+                try:
+                    await _send_all(out, self._head(hit, close))
+                    await sendfile_all(out.fileno(), fd, entry.body_offset + hit.start, hit.length)
+                finally:
+                    with contextlib.suppress(OSError):
+                        out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+            sent = hit.length
+        except EOFError:  # the file shrank under us: never serve it again
+            corrupt = True
+            self.abort()
+        except (OSError, TimeoutError):
+            self.abort()  # the client left or stalled mid-body: the connection is done
+        finally:
+            os.close(fd)
+            appliance.limiter.release(ready - started, time.monotonic(), dropped=corrupt)
+        if corrupt:
+            await appliance.drop_corrupt(hit.meta.key)
+        if self.transport is None:
+            return
+        self._done(request, hit, route, sent, started)
+        self.busy = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
+
+    def _done(self, request: Request, hit: Hit, route: str, nbytes: int, started: float) -> None:
+        now = time.monotonic()
+        self.appliance.sent(hit, nbytes)
+        service.count_request(
+            self.front.app, route, request.method, hit.status, nbytes, now - started
+        )
+        if self.front.access_log is not None:
+            path = request.target.decode("ascii")
+            service.log_access(
+                self.front.access_log, request.method, path, hit.status, nbytes, now - started,
+                self.remote,
+            )  # fmt: skip
+        self._last_done = now
+        if request.close or self.front.closing:
+            self.close()
+
+    # -- output plumbing ------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Wait until the transport has sent everything it buffered (os.sendfile writes to
+        the socket behind its back, so anything queued would arrive after the body)."""
+        transport = self.transport
+        if transport is None:
+            raise ConnectionResetError("client went away")
+        if not transport.get_write_buffer_size():
+            return
+        low, high = transport.get_write_buffer_limits()
+        self._drained = asyncio.get_running_loop().create_future()
+        transport.set_write_buffer_limits(high=0)  # resume_writing once the buffer is empty
+        try:
+            await self._drained
+        finally:
+            self._drained = None
+            if not transport.is_closing():
+                transport.set_write_buffer_limits(high=high, low=low)
+
+    def _socket(self) -> socket.socket:
+        # A duplicate descriptor: uvloop refuses add_writer() on the transport's own, and
+        # the duplicate keeps naming our socket if uvloop closes its descriptor meanwhile.
+        if self._out is None:
+            assert self.transport is not None
+            sock = self.transport.get_extra_info("socket")
+            self._out = socket.socket(fileno=os.dup(sock.fileno()))
+            self._out.setblocking(False)
+        return self._out
+
+    # -- leaving ------------------------------------------------------------------------
+
+    def _hand_over(self) -> None:
+        """Give the connection, and what it sent that is not answered yet, to aiohttp."""
+        transport = self.transport
+        factory = self.front.aiohttp
+        if transport is None or factory is None:
+            return
+        data = bytes(self.buf)
+        self._detach()
+        protocol = factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        transport.resume_reading()
+        if data:
+            protocol.data_received(data)
+
+    def _detach(self) -> None:
+        self.front.connections.discard(self)
+        self.transport = None
+        self.buf.clear()
+        for timer in (self._idle_timer, self._stall_timer):
+            if timer is not None:
+                timer.cancel()
+        if self._out is not None:
+            self._out.close()
+            self._out = None
+
+    def close(self) -> None:
+        """Close after what is written has been sent; nothing more is read or answered."""
+        transport = self.transport
+        if transport is not None:
+            self._detach()
+            transport.close()
+
+    def close_if_idle(self) -> None:
+        if not self.busy:
+            self.close()
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent bytes and all."""
+        transport = self.transport
+        if transport is not None:
+            self._detach()
+            transport.abort()
+
+    def _arm_idle(self, delay: float) -> None:
+        self._idle_timer = asyncio.get_running_loop().call_later(delay, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.transport is None:
+            return
+        left = self._last_done + self.front.keepalive_timeout_s - time.monotonic()
+        if self.busy or left > 0:
+            self._arm_idle(max(left, 0.1))
+        else:
+            self.close()  # no complete request for KEEPALIVE_TIMEOUT_S
+
+
+async def _send_all(out: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = out.send(view)
+        except BlockingIOError:
+            await writable(out.fileno())
+            continue
+        view = view[n:]

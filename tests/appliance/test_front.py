@@ -1,0 +1,224 @@
+"""The front protocol: hits answered on the socket, everything else handed to aiohttp.
+
+Raw sockets, because pipelining, Connection: close and hand-over are what is tested.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+
+from aiohttp import ClientSession
+
+from appliance.front import parse_head
+from appliance.server import APPLIANCE
+from streamcdn import service
+from tests.appliance.conftest import SEGMENT, MakeAppliance, signed, url_of
+from tests.conftest import TITLE
+
+PLAYLIST = "360p/index.m3u8"
+# Headers that differ between two answers for the same object by design.
+VOLATILE = {"date", "age", "server", "x-cache", "connection", "keep-alive"}
+
+
+async def read_response(
+    reader: asyncio.StreamReader, *, head: bool = False
+) -> tuple[int, dict[str, str], bytes]:
+    status_line = await asyncio.wait_for(reader.readline(), 5)
+    assert status_line.startswith(b"HTTP/1."), status_line
+    status = int(status_line.split()[1])
+    headers: dict[str, str] = {}
+    while (line := await reader.readline()) not in (b"\r\n", b""):
+        name, _, value = line.decode("latin-1").partition(":")
+        assert name.lower() not in headers, f"{name} twice"
+        headers[name.lower()] = value.strip()
+    length = int(headers.get("content-length", "0"))
+    body = b"" if head or status == 304 else await reader.readexactly(length)
+    return status, headers, body
+
+
+def get(path: str, *extra: str) -> bytes:
+    return ("\r\n".join([f"GET {path} HTTP/1.1", "Host: x", *extra]) + "\r\n\r\n").encode()
+
+
+async def warm(appliance: service.Running, *paths: str) -> None:
+    async with ClientSession() as s:
+        for path in paths:
+            async with s.get(f"{url_of(appliance)}{path}") as r:
+                assert r.status == 200
+                await r.read()
+
+
+async def test_pipelined_hits_and_a_miss_are_answered_in_order(
+    make_appliance: MakeAppliance, title_dir: Path
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    playlist, segment = signed(TITLE, PLAYLIST), signed(TITLE, SEGMENT)
+    await warm(appliance, playlist)
+    front = appliance.app[service.FRONT]
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(get(playlist))
+    answers = [await read_response(reader)]
+    assert len(front.connections) == 1  # hits keep the connection on the fast path
+    # a miss (handed to aiohttp with what follows it), then a hit again
+    writer.write(get(segment) + get(playlist))
+    answers += [await read_response(reader) for _ in range(2)]
+    assert len(front.connections) == 0
+    writer.close()
+    assert [(s, h["x-cache"]) for s, h, _ in answers] == [(200, "HIT"), (200, "MISS"), (200, "HIT")]
+    assert answers[0][2] == answers[2][2] == (title_dir / PLAYLIST).read_bytes()
+    assert answers[1][2] == (title_dir / SEGMENT).read_bytes()
+
+
+async def test_the_fast_path_and_aiohttp_give_the_same_answers(
+    make_appliance: MakeAppliance,
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    path = signed(TITLE, SEGMENT)
+    await warm(appliance, path)
+    cases = [
+        (),
+        ("Range: bytes=100-199",),
+        ("Range: bytes=-10",),
+        ("Range: bytes=99999999-",),
+        ("Range: bytes=1-2,5-6",),
+        ("Range: items=1-2",),
+        ("If-None-Match: *",),
+    ]
+    for extra in cases:
+        # A fresh connection: answered by the front protocol.
+        reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+        writer.write(get(path, *extra))
+        fast = await read_response(reader)
+        writer.close()
+        # /health first hands the connection to aiohttp, which then answers the same GET.
+        reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+        writer.write(get("/health") + get(path, *extra))
+        await read_response(reader)
+        slow = await read_response(reader)
+        writer.close()
+        assert fast[0] == slow[0], extra
+        assert fast[2] == slow[2], extra
+
+        def stable(headers: dict[str, str]) -> dict[str, str]:
+            return {k: v for k, v in headers.items() if k not in VOLATILE}
+
+        assert stable(fast[1]) == stable(slow[1]), extra
+        assert fast[1]["x-cache"] == "HIT" and slow[1]["x-cache"] == "HIT"
+
+
+async def test_head_connection_close_and_a_disk_hit_pipelined(
+    make_appliance: MakeAppliance, title_dir: Path
+) -> None:
+    # A memory tier too small for a segment: its hits come from disk, with sendfile.
+    appliance = await make_appliance(mem_bytes=10_000, read_ahead_segments=0)
+    path = signed(TITLE, SEGMENT)
+    data = (title_dir / SEGMENT).read_bytes()
+    await warm(appliance, path)
+    for _ in range(50):  # the disk write is in the background
+        if appliance.app[APPLIANCE].disk.peek(f"titles/{TITLE}/{SEGMENT}") is not None:
+            break
+        await asyncio.sleep(0.05)
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    head = f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    writer.write(get(path) + head + get(path, "Range: bytes=5-9") + get(path, "Connection: close"))
+    first = await read_response(reader)
+    heads = await read_response(reader, head=True)
+    ranged = await read_response(reader)
+    last = await read_response(reader)
+    assert (first[0], first[2]) == (200, data)
+    assert (heads[0], int(heads[1]["content-length"])) == (200, len(data))
+    assert (ranged[0], ranged[2], ranged[1]["content-range"]) == (
+        206,
+        data[5:10],
+        f"bytes 5-9/{len(data)}",
+    )
+    assert (last[0], last[2], last[1]["connection"]) == (200, data, "close")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # and then it hangs up
+    writer.close()
+
+
+async def test_what_the_fast_path_does_not_take_still_gets_aiohttps_answer(
+    make_appliance: MakeAppliance,
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    path = signed(TITLE, PLAYLIST)
+    await warm(appliance, path)
+    expected = {
+        get(path.replace("/titles/", "/titles/%2e%2e/")): 400,  # percent-encoding
+        get(f"/s/AAAA/titles/{TITLE}/{PLAYLIST}"): 403,  # a forged token
+        get(f"/titles/{TITLE}/{PLAYLIST}"): 403,  # unsigned on a closed appliance
+        get(path)[:-2] + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n": 400,  # too large a head
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi".encode(): 405,
+        f"GET {path} HTTP/1.0\r\n\r\n".encode(): 200,
+        get(path, "Transfer-Encoding: chunked")[:-2] + b"\r\n0\r\n\r\n": 200,
+    }
+    for request, status in expected.items():
+        reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+        writer.write(request)
+        got = await read_response(reader)
+        writer.close()
+        assert got[0] == status, request[:80]
+
+
+async def test_hits_are_counted_in_metrics_like_any_request(
+    make_appliance: MakeAppliance,
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    path = signed(TITLE, PLAYLIST)
+    await warm(appliance, path)  # a miss, through aiohttp
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(get(path) * 5)
+    for _ in range(5):
+        await read_response(reader)
+    writer.close()
+    async with ClientSession() as s, s.get(f"{url_of(appliance)}/metrics") as r:
+        text = await r.text()
+    route = re.escape("/s/{token}/titles/{title}/{path}")
+    m = re.search(
+        rf'streamcdn_http_requests_total\{{method="GET",route="{route}",status="200"\}} (\S+)', text
+    )
+    assert m and float(m.group(1)) == 6
+    m = re.search(r'streamcdn_appliance_requests_total\{result="hit"\} (\S+)', text)
+    assert m and float(m.group(1)) == 5
+
+
+async def test_shutdown_closes_idle_connections_and_finishes_answers(
+    make_appliance: MakeAppliance,
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    path = signed(TITLE, PLAYLIST)
+    await warm(appliance, path)
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(get(path))
+    assert (await read_response(reader))[0] == 200
+    await asyncio.wait_for(appliance.close(), 5)  # an idle keep-alive does not hold it up
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+
+
+def test_parse_head_accepts_plain_requests_only() -> None:
+    def parse(text: str):  # type: ignore[no-untyped-def]
+        raw = text.encode("latin-1")
+        return parse_head(raw, raw.index(b"\r\n\r\n"))
+
+    ok = parse("GET /titles/t/a HTTP/1.1\r\nHost: x\r\nRange: bytes=1-2\r\n\r\n")
+    assert ok is not None and ok.headers == {"Range": "bytes=1-2"} and not ok.close
+    assert parse("GET /t HTTP/1.1\r\nhost: x\r\nConnection: Close\r\n\r\n").close  # type: ignore[union-attr]
+    refused = [
+        "GET /t HTTP/1.1\r\n\r\n",  # no Host
+        "GET /t HTTP/1.0\r\nHost: x\r\n\r\n",
+        "PUT /t HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET  /t HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\r\nHost: y\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\r\nRange: a\r\nrange: b\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost : x\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\r\nX: a\x00b\r\n\r\n",
+        "GET /t HTTP/1.1\r\nHost: x\nX: y\r\n\r\n",  # a bare LF
+    ]
+    for text in refused:
+        assert parse(text) is None, text
