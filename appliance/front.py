@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from appliance.sendfile import SEND_STALL_S, send_deadline_s, sendfile_all, writable
+from appliance.sendfile import SEND_STALL_S, send_deadline_s, writable
 from streamcdn import service
 from streamcdn.ids import is_valid_rel_path, is_valid_title_id
 from streamcdn.tokens import TokenError, verify
@@ -151,6 +151,11 @@ class Front:
         self.aiohttp, self.access_log = aiohttp, access_log
         self.keepalive_timeout_s = keepalive_timeout_s
         return lambda: FrontProtocol(self)
+
+    def open_connections(self) -> int:
+        """Client connections open now, on the fast path and handed over to aiohttp."""
+        handed_over = getattr(self.aiohttp, "connections", ())
+        return len(self.connections) + len(handed_over)
 
     async def shutdown(self, timeout: float) -> None:
         """Close idle fast connections now; let answers in progress finish, up to ``timeout``."""
@@ -272,10 +277,7 @@ class FrontProtocol(asyncio.Protocol):
         appliance.read_ahead_after(key)
         route = _ROUTES[m.group(1) is not None]
         if fd is not None:
-            self.busy = True
-            assert self.transport is not None
-            self.transport.pause_reading()
-            appliance.spawn(self._send_disk(request, hit, fd, route, started))
+            self._send_disk(request, hit, fd, route, started)
         else:
             nbytes = self._send_memory(request, hit)
             appliance.limiter.release(time.monotonic() - started, time.monotonic())
@@ -307,48 +309,66 @@ class FrontProtocol(asyncio.Protocol):
             self.transport.write(body)  # immutable bytes: safe for uvloop to hold on to
         return len(body)
 
-    async def _send_disk(
-        self, request: Request, hit: Hit, fd: int, route: str, started: float
-    ) -> None:
-        """Send a disk hit with os.sendfile; reading is paused until it is done."""
-        appliance = self.appliance
+    def _send_disk(self, request: Request, hit: Hit, fd: int, route: str, started: float) -> None:
+        """Send a disk hit with os.sendfile: as far as the socket takes it now, the rest from
+        a task while reading is paused (later pipelined requests wait their turn)."""
         entry = hit.entry
-        assert entry is not None
+        assert entry is not None and self.transport is not None
         close = request.close or self.front.closing
-        sent = 0
-        corrupt = False
-        ready = started
+        job = _FileSend(self._head(hit, close), fd, entry.body_offset + hit.start, hit.length)
+        try:
+            if not self.transport.get_write_buffer_size():  # else queued bytes must go first
+                job.push(self._corked())
+        except (EOFError, OSError) as exc:
+            self._disk_finished(request, hit, job, route, started, exc)
+            return
+        if job.done:
+            self._disk_finished(request, hit, job, route, started, None)
+            return
+        self.busy = True
+        self.transport.pause_reading()
+        self.appliance.spawn(self._send_disk_rest(request, hit, job, route, started))
+
+    async def _send_disk_rest(
+        self, request: Request, hit: Hit, job: _FileSend, route: str, started: float
+    ) -> None:
+        error: BaseException | None = None
         try:
             async with asyncio.timeout(send_deadline_s(hit.length)):
                 await self._drain()
-                out = self._socket()
-                ready = time.monotonic()
-                # Corked, head and body leave in full segments (nginx's tcp_nopush).
-                out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
-                try:
-                    await _send_all(out, self._head(hit, close))
-                    await sendfile_all(out.fileno(), fd, entry.body_offset + hit.start, hit.length)
-                finally:
-                    with contextlib.suppress(OSError):
-                        out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
-            sent = hit.length
-        except EOFError:  # the file shrank under us: never serve it again
-            corrupt = True
-            self.abort()
-        except (OSError, TimeoutError):
-            self.abort()  # the client left or stalled mid-body: the connection is done
-        finally:
-            os.close(fd)
-            appliance.limiter.release(ready - started, time.monotonic(), dropped=corrupt)
-        if corrupt:
-            await appliance.drop_corrupt(hit.meta.key)
-        if self.transport is None:
-            return
-        self._done(request, hit, route, sent, started)
+                out = self._corked()
+                while not job.push(out):
+                    await writable(out.fileno())
+        except (EOFError, OSError, TimeoutError) as exc:
+            error = exc
         self.busy = False
+        self._disk_finished(request, hit, job, route, started, error)
         if self.transport is not None:
             self.transport.resume_reading()
             self._process()
+
+    def _disk_finished(
+        self,
+        request: Request,
+        hit: Hit,
+        job: _FileSend,
+        route: str,
+        started: float,
+        error: BaseException | None,
+    ) -> None:
+        os.close(job.fd)
+        if self._out is not None:
+            with contextlib.suppress(OSError):  # uncorking sends the tail now
+                self._out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
+        corrupt = isinstance(error, EOFError)  # the file shrank under us
+        now = time.monotonic()
+        self.appliance.limiter.release(now - started, now, dropped=corrupt)
+        if corrupt:
+            self.appliance.spawn(self.appliance.drop_corrupt(hit.meta.key))
+        if error is not None:
+            self.abort()  # the client left or stalled mid-body: the connection is done
+            return
+        self._done(request, hit, route, hit.length, started)
 
     def _done(self, request: Request, hit: Hit, route: str, nbytes: int, started: float) -> None:
         now = time.monotonic()
@@ -386,14 +406,18 @@ class FrontProtocol(asyncio.Protocol):
             if not transport.is_closing():
                 transport.set_write_buffer_limits(high=high, low=low)
 
-    def _socket(self) -> socket.socket:
+    def _corked(self) -> socket.socket:
+        """The connection's socket for os.sendfile, corked: head and body then leave in
+        full segments, as with nginx's tcp_nopush."""
         # A duplicate descriptor: uvloop refuses add_writer() on the transport's own, and
         # the duplicate keeps naming our socket if uvloop closes its descriptor meanwhile.
         if self._out is None:
-            assert self.transport is not None
+            if self.transport is None:
+                raise ConnectionResetError("client went away")
             sock = self.transport.get_extra_info("socket")
             self._out = socket.socket(fileno=os.dup(sock.fileno()))
             self._out.setblocking(False)
+        self._out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         return self._out
 
     # -- leaving ------------------------------------------------------------------------
@@ -455,12 +479,34 @@ class FrontProtocol(asyncio.Protocol):
             self.close()  # no complete request for KEEPALIVE_TIMEOUT_S
 
 
-async def _send_all(out: socket.socket, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
+class _FileSend:
+    """A response head, then a region of a file, pushed to a non-blocking socket."""
+
+    __slots__ = ("count", "fd", "head", "offset")
+
+    def __init__(self, head: bytes, fd: int, offset: int, count: int) -> None:
+        self.head = memoryview(head)
+        self.fd = fd
+        self.offset = offset
+        self.count = count
+
+    @property
+    def done(self) -> bool:
+        return not self.head and not self.count
+
+    def push(self, out: socket.socket) -> bool:
+        """Send what the socket takes now; True when everything is sent."""
         try:
-            n = out.send(view)
+            while self.head:
+                self.head = self.head[out.send(self.head) :]
+            while self.count:
+                # Each call is bounded by the socket's free buffer, so it cannot hold
+                # the loop for long; a full socket raises BlockingIOError.
+                sent = os.sendfile(out.fileno(), self.fd, self.offset, self.count)
+                if sent == 0:
+                    raise EOFError(f"file ends before byte {self.offset}")
+                self.offset += sent
+                self.count -= sent
         except BlockingIOError:
-            await writable(out.fileno())
-            continue
-        view = view[n:]
+            return False
+        return True

@@ -132,6 +132,7 @@ class Appliance:
         self.filler: Filler | None = None
         self._disk_hits: Tally[str] = Tally()
         self._fixed: dict[str, tuple[ObjectMeta, dict[str, str], str]] = {}
+        self.front: Front | None = None  # set by create_app
         self._background: set[asyncio.Task[None]] = set()
         self._writing: set[str] = set()
         self.limiter = AdaptiveLimiter(
@@ -606,6 +607,7 @@ class Appliance:
             "reasons": reasons,
             "id": self.config.id,
             "site": self.config.site,
+            "connections": self.front.open_connections() if self.front else 0,
             "active_requests": self.stats.active_requests,
             "egress_bps": round(self.stats.egress_bps),
             **self.stats.ratios(),
@@ -665,7 +667,8 @@ def create_app(config: ApplianceConfig) -> web.Application:
     appliance = Appliance(config, app)
     app[APPLIANCE] = appliance
     app[service.HEALTH_CHECKS].append(appliance.health)
-    app[service.FRONT] = Front(app, appliance)  # cache hits skip aiohttp: appliance/front.py
+    # Cache hits skip aiohttp's request machinery: appliance/front.py.
+    app[service.FRONT] = appliance.front = Front(app, appliance)
 
     admin = add_admin_routes(app, appliance)
 

@@ -6,14 +6,19 @@ Raw sockets, because pipelining, Connection: close and hand-over are what is tes
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import re
+import socket
 from pathlib import Path
 
 from aiohttp import ClientSession
 
 from appliance.front import parse_head
 from appliance.server import APPLIANCE
+from origin.server import create_app as create_origin
 from streamcdn import service
+from streamcdn.digest import ALGORITHM, digest_bytes
 from tests.appliance.conftest import SEGMENT, MakeAppliance, signed, url_of
 from tests.conftest import TITLE
 
@@ -222,3 +227,72 @@ def test_parse_head_accepts_plain_requests_only() -> None:
     ]
     for text in refused:
         assert parse(text) is None, text
+
+
+async def test_health_counts_open_connections_on_both_paths(
+    make_appliance: MakeAppliance,
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    path = signed(TITLE, PLAYLIST)
+    await warm(appliance, path)
+    conns = [await asyncio.open_connection(appliance.host, appliance.port) for _ in range(3)]
+    conns[0][1].write(get(path))  # stays on the fast path
+    conns[1][1].write(get("/health"))  # handed over to aiohttp
+    for reader, _ in conns[:2]:
+        await read_response(reader)
+    reader, writer = conns[2]
+    writer.write(get("/health"))
+    health = json.loads((await read_response(reader))[2])
+    assert health["connections"] == 3
+    for _, w in conns:
+        w.close()
+
+
+def big_title(root: Path, size: int) -> bytes:
+    """A store with one title holding a ``size``-byte object, as the origin publishes it."""
+    data = os.urandom(size)
+    (root / "big").mkdir(parents=True)
+    (root / "big" / "seg.m4s").write_bytes(data)
+    manifest = {
+        "version": 1,
+        "title": "big",
+        "name": "big",
+        "duration_s": 4.0,
+        "master": "seg.m4s",
+        "renditions": [],
+        "files": {"seg.m4s": {"size": size, ALGORITHM: digest_bytes(data)}},
+    }
+    (root / "big" / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+async def test_a_slow_reader_of_disk_hits_gets_every_byte_and_blocks_no_one(
+    aiohttp_server, make_appliance: MakeAppliance, tmp_path: Path
+) -> None:
+    data = big_title(tmp_path / "store", 8 * 10**6)
+    origin = await aiohttp_server(create_origin(tmp_path / "store"))
+    appliance = await make_appliance(
+        upstreams=(url_of(origin),), mem_bytes=10_000, read_ahead_segments=0, open=True
+    )
+    await warm(appliance, "/titles/big/seg.m4s", "/titles/big/manifest.json")
+    for _ in range(100):  # the disk write is in the background
+        if appliance.app[APPLIANCE].disk.peek("titles/big/seg.m4s") is not None:
+            break
+        await asyncio.sleep(0.05)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)  # fills after a few KB
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (appliance.host, appliance.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+    writer.write(get("/titles/big/seg.m4s") * 2 + get("/titles/big/manifest.json"))
+    await asyncio.sleep(0.5)  # not reading: the appliance has to wait for the socket
+    async with (  # meanwhile others are served
+        ClientSession() as s,
+        s.get(f"{url_of(appliance)}/titles/big/manifest.json") as r,
+    ):
+        assert r.status == 200 and r.headers["X-Cache"] == "HIT"
+    first, second, third = [await read_response(reader) for _ in range(3)]
+    assert first[2] == data and second[2] == data
+    assert first[1]["x-cache"] == second[1]["x-cache"] == "HIT"
+    assert third[0] == 200
+    writer.close()
