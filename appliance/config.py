@@ -26,6 +26,8 @@ class ApplianceConfig:
     site: str = "default"
     policy: str = DEFAULT_POLICY
     keys: tuple[SigningKey, ...] = ()
+    heartbeat_key: SigningKey | None = None  # signs heartbeats; default: the first key
+    capacity_mbps: float | None = None  # reported in heartbeats, when configured
     admin_key: str | None = None
     open: bool = False  # serve unsigned /titles/... too
     steering: str | None = None

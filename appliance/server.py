@@ -196,7 +196,7 @@ class Appliance:
         )
         self.spawn(self._ticker())
         if self.config.steering:
-            key = self.config.keys[0] if self.config.keys else None
+            key = self.config.heartbeat_key or (self.config.keys[0] if self.config.keys else None)
             self.spawn(
                 heartbeat_loop(
                     self.session, self.config.steering, key, self.health, url=self.config.public_url
@@ -607,6 +607,7 @@ class Appliance:
             "reasons": reasons,
             "id": self.config.id,
             "site": self.config.site,
+            "capacity_mbps": self.config.capacity_mbps,
             "connections": self.front.open_connections() if self.front else 0,
             "active_requests": self.stats.active_requests,
             "egress_bps": round(self.stats.egress_bps),

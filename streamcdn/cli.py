@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from streamcdn import __version__
 from streamcdn.errors import UserError
@@ -14,6 +15,7 @@ from streamcdn.progress import console, ingest_with_progress, progress_bar
 DEFAULT_STORE = "store"
 DEFAULT_HOST = "127.0.0.1"
 ORIGIN_PORT = 8082
+T = TypeVar("T")
 
 
 def positive_float(text: str) -> float:
@@ -87,43 +89,75 @@ def cmd_fill(args: argparse.Namespace) -> None:
     )
 
 
+def load_deployment(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The deployment file given with --config, or None."""
+    from streamcdn.config import load
+
+    return load(args.config) if args.config else None
+
+
+def pick(flag: T | None, *fallbacks: T | None) -> T | None:
+    """A flag's value if given, else the first configured value, else None."""
+    for value in (flag, *fallbacks):
+        if value is not None:
+            return value
+    return None
+
+
 def cmd_serve_origin(args: argparse.Namespace) -> None:
     from origin.server import create_app
     from streamcdn import service
+    from streamcdn.config import port_of
 
-    app = create_app(args.store)
-    service.run(app, host=args.host, port=args.port, access_log=args.access_log)
+    deployment = load_deployment(args)
+    store = pick(args.store, deployment and deployment.origin_store, Path(DEFAULT_STORE))
+    config_port = port_of(deployment.origin_url) if deployment else None
+    port = pick(args.port, config_port, ORIGIN_PORT)
+    assert store is not None and port is not None
+    app = create_app(store)
+    service.run(app, host=args.host, port=port, access_log=args.access_log)
 
 
 def cmd_serve_appliance(args: argparse.Namespace) -> None:
-    from appliance.config import ApplianceConfig
+    from appliance.config import APPLIANCE_PORT, ApplianceConfig
     from appliance.server import create_app
     from streamcdn import service
     from streamcdn.tokens import SigningKey
     from streamcdn.units import parse_size
 
+    deployment = load_deployment(args)
+    entry = deployment.appliance(args.id) if deployment else None
     try:
         keys = tuple(SigningKey.parse(k) for k in args.key)
-        mem, disk = parse_size(args.mem), parse_size(args.disk)
+        mem = parse_size(args.mem) if args.mem else None
+        disk = parse_size(args.disk) if args.disk else None
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    cache_dir = pick(args.cache_dir, entry and entry.cache_dir)
+    if cache_dir is None:
+        raise UserError("--cache-dir is required (or cache_dir in the appliance's config entry)")
+    upstreams = tuple(args.upstream) or (entry.upstreams if entry else ())
+    if not upstreams:
+        raise UserError("--upstream is required (or upstreams in the appliance's config entry)")
     config = ApplianceConfig(
         id=args.id,
-        cache_dir=args.cache_dir,
-        upstreams=tuple(args.upstream),
-        mem_bytes=mem,
-        disk_bytes=disk,
+        cache_dir=cache_dir,
+        upstreams=upstreams,
+        mem_bytes=pick(mem, entry and entry.mem_bytes, ApplianceConfig.mem_bytes),
+        disk_bytes=pick(disk, entry and entry.disk_bytes, ApplianceConfig.disk_bytes),
         host=args.host,
-        port=args.port,
-        site=args.site,
-        policy=args.policy or ApplianceConfig.policy,
-        keys=keys,
-        admin_key=args.admin_key,
-        open=args.open,
-        steering=args.steering,
-        url=args.url,
+        port=pick(args.port, entry and entry.port, APPLIANCE_PORT),
+        site=pick(args.site, entry and entry.site, ApplianceConfig.site),
+        policy=pick(args.policy, entry and entry.policy, ApplianceConfig.policy),
+        keys=keys or (deployment.signing_keys if deployment else ()),
+        heartbeat_key=deployment.heartbeat_key(args.id) if deployment else None,
+        admin_key=pick(args.admin_key, deployment and deployment.admin_key),
+        open=args.open or bool(entry and entry.open),
+        steering=pick(args.steering, deployment and deployment.steering_url),
+        url=pick(args.url, entry and entry.url),
         read_ahead_segments=args.read_ahead,
-    )
+        capacity_mbps=entry.capacity_mbps if entry else None,
+    )  # type: ignore[arg-type]  # pick() of a non-None default is not None
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -231,25 +265,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store",
         type=Path,
-        default=Path(DEFAULT_STORE),
-        help=f"title store directory (default ./{DEFAULT_STORE})",
+        help=f"title store directory (default: the config's, else ./{DEFAULT_STORE})",
     )
     p.set_defaults(func=cmd_serve_origin)
 
     p = serve.add_parser("appliance", help="a cache appliance in front of an origin or a parent")
     add_listen_args(p, 8100)
     p.add_argument("--id", required=True, help="this appliance's name, e.g. a1")
-    p.add_argument("--cache-dir", type=Path, required=True, help="where the disk tier lives")
-    p.add_argument("--mem", default="256MB", help="memory tier size (default 256MB)")
-    p.add_argument("--disk", default="20GB", help="disk tier size (default 20GB)")
+    p.add_argument("--cache-dir", type=Path, help="where the disk tier lives")
+    p.add_argument("--mem", help="memory tier size (default 256MB)")
+    p.add_argument("--disk", help="disk tier size (default 20GB)")
     p.add_argument(
         "--upstream",
         action="append",
-        required=True,
+        default=[],
         metavar="URL",
         help="where misses go, in order (a parent appliance, then the origin)",
     )
-    p.add_argument("--site", default="default", help="the site this appliance belongs to")
+    p.add_argument("--site", help="the site this appliance belongs to (default 'default')")
     p.add_argument("--policy", help="eviction policy of both tiers (default: our own best)")
     p.add_argument(
         "--key",
@@ -277,6 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
     p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the deployment file (TOML); flags override what it says",
+    )
+    p.add_argument(
         "--no-access-log",
         dest="access_log",
         action="store_false",
@@ -284,7 +323,7 @@ def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
     )
     p.add_argument("--host", default=DEFAULT_HOST, help=f"address to bind (default {DEFAULT_HOST})")
     p.add_argument(
-        "--port", type=port_number, default=default_port, help=f"port (default {default_port})"
+        "--port", type=port_number, help=f"port (default: the config's, else {default_port})"
     )
 
 

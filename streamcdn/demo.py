@@ -151,8 +151,42 @@ def demo_secrets(data: Path) -> dict[str, str]:
     return secrets_
 
 
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def deployment_toml(
+    data: Path, store: Path, *, host: str, port_base: int, keys: dict[str, str]
+) -> str:
+    """The demo's deployment file (see examples/deployment.toml for every key, commented)."""
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    lines = [
+        "# Written by `streamcdn demo`; rewritten on every start.",
+        "[keys]",
+        f"signing = [{q(keys['signing_key'])}]",
+        f"admin = {q(keys['admin_key'])}",
+        "[origin]",
+        f"url = {q(f'http://{host}:{port_base + ORIGIN_OFFSET}')}",
+        f"store = {q(str(store))}",
+    ]
+    sites = {"isp-a": ("127.0.0.0/8", "::1/128", "10.0.0.0/8"), "ix": ("192.0.2.0/24",)}
+    fallbacks = {"isp-a": ("ix",), "ix": ("isp-a",)}
+    for name, cidrs in sites.items():
+        lines += [
+            "[[sites]]",
+            f"name = {q(name)}",
+            f"cidrs = {json.dumps(list(cidrs))}",
+            f"fallbacks = {json.dumps(list(fallbacks[name]))}",
+        ]
+    for a in APPLIANCES:
+        lines += [
+            "[[appliances]]",
+            f"id = {q(a.id)}",
+            f"url = {q(f'http://{host}:{port_base + a.port_offset}')}",
+            f"site = {q(a.site)}",
+            f"capacity_mbps = {40000 if a.site == 'ix' else 10000}",
+            f"upstreams = {json.dumps([*a.parents, 'origin'])}",
+            'mem = "256MB"',
+            'disk = "2GB"',
+            f"cache_dir = {q(str(data / 'cache' / a.id))}",
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def run_demo(
@@ -173,52 +207,23 @@ def run_demo(
     origin_url = f"http://{host}:{port_base + ORIGIN_OFFSET}"
     urls = {a.id: f"http://{host}:{port_base + a.port_offset}" for a in APPLIANCES}
     procs: list[subprocess.Popen[bytes]] = []
+    config = data / "deployment.toml"
+    toml = deployment_toml(data, store_dir, host=host, port_base=port_base, keys=keys)
+    config.write_text(toml)
     try:
         procs.append(
             start_service(
                 "origin",
-                [
-                    "origin",
-                    "--store",
-                    str(store_dir),
-                    "--host",
-                    host,
-                    "--port",
-                    str(port_base + ORIGIN_OFFSET),
-                ],
+                ["origin", "--config", str(config), "--host", host],
                 origin_url,
                 logs / "origin.log",
             )
         )
         for a in APPLIANCES:
-            upstreams = [arg for p in a.parents for arg in ("--upstream", urls[p])]
             procs.append(
                 start_service(
                     a.id,
-                    [
-                        "appliance",
-                        "--id",
-                        a.id,
-                        "--site",
-                        a.site,
-                        "--host",
-                        host,
-                        "--port",
-                        str(port_base + a.port_offset),
-                        "--cache-dir",
-                        str(data / "cache" / a.id),
-                        "--mem",
-                        "256MB",
-                        "--disk",
-                        "2GB",
-                        *upstreams,
-                        "--upstream",
-                        origin_url,
-                        "--key",
-                        keys["signing_key"],
-                        "--admin-key",
-                        keys["admin_key"],
-                    ],
+                    ["appliance", "--config", str(config), "--id", a.id, "--host", host],
                     urls[a.id],
                     logs / f"{a.id}.log",
                 )

@@ -1,0 +1,380 @@
+"""The deployment file: one TOML file describes a whole streamcdn deployment.
+
+Sites (name, client CIDRs v4 and v6, ordered fallback sites), appliances (id, URL, site,
+capacity, upstreams, policy, tier sizes), the origin, steering and control addresses,
+the signing keys with their key ids, and the admin key. Every ``streamcdn serve X
+--config FILE`` reads its own part; command-line flags override it. A commented example
+is ``examples/deployment.toml``; ``streamcdn demo`` writes and uses one.
+
+Every value is checked when the file is read, and a bad one is reported once, naming the
+file, the key, the value and what was expected::
+
+    streamcdn: error: deploy.toml: appliances[2].capacity_mbps: expected a number > 0, got 'fast'
+
+Unknown keys are errors too, so a misspelt key is not silently ignored. Relative paths
+(the origin's store, an appliance's cache dir) are relative to the file's directory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from streamcdn.errors import UserError
+from streamcdn.ids import is_valid_title_id
+from streamcdn.tokens import SigningKey
+from streamcdn.units import parse_size
+
+T = TypeVar("T")
+_REQUIRED: Any = object()
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class ConfigError(UserError):
+    """A deployment file that cannot be used: names the file, the key and the value."""
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    cidrs: tuple[str, ...]  # client networks, IPv4 and IPv6
+    fallbacks: tuple[str, ...] = ()  # other sites, in order, when this one cannot serve
+
+
+@dataclass(frozen=True)
+class Appliance:
+    id: str
+    url: str  # where players and child appliances reach it
+    site: str
+    capacity_mbps: float
+    upstreams: tuple[str, ...]  # URLs, parents first, the origin last
+    policy: str | None = None
+    mem_bytes: int | None = None
+    disk_bytes: int | None = None
+    cache_dir: Path | None = None
+    open: bool = False  # serve unsigned /titles/... URLs
+    heartbeat_key: SigningKey | None = None  # signs its heartbeats; default: signing key
+
+    @property
+    def port(self) -> int:
+        return port_of(self.url)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    path: Path
+    origin_url: str
+    origin_store: Path | None
+    steering_url: str | None
+    control_url: str | None
+    default_site: str
+    load_bound: float  # share of capacity above which steering passes an appliance over
+    heartbeat_interval_s: float
+    down_after_missed: int  # heartbeats missed before an appliance counts as down
+    redis_url: str | None
+    signing_keys: tuple[SigningKey, ...]  # the first signs; all verify (rotation)
+    admin_key: str | None
+    sites: tuple[Site, ...]
+    appliances: tuple[Appliance, ...]
+
+    def appliance(self, appliance_id: str) -> Appliance:
+        for a in self.appliances:
+            if a.id == appliance_id:
+                return a
+        known = ", ".join(a.id for a in self.appliances) or "none"
+        raise ConfigError(f"{self.path}: no appliance {appliance_id!r} (known: {known})")
+
+    def heartbeat_key(self, appliance_id: str) -> SigningKey | None:
+        """The key an appliance signs its heartbeats with (and steering checks them by)."""
+        entry = self.appliance(appliance_id)
+        if entry.heartbeat_key is not None:
+            return entry.heartbeat_key
+        return self.signing_keys[0] if self.signing_keys else None
+
+
+def load(path: Path) -> Deployment:
+    """Read and check a deployment file; ConfigError (one line) on any problem."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"--config {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; not a deployment file")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse(data, path)
+
+
+def parse(data: dict[str, Any], path: Path) -> Deployment:
+    """A Deployment from the TOML document ``data`` read from ``path``."""
+    base = path.resolve().parent
+    top = _Table(data, "", path)
+
+    keys = top.table("keys")
+    signing = tuple(
+        keys.convert("signing", k, _signing_key)
+        for k in keys.strings("signing", "a list of 'KEYID:SECRET' strings", [])
+    )
+    admin_key = keys.get("admin", str, "a string", None)
+    if admin_key is not None and len(admin_key) < 16:
+        keys.fail("admin", admin_key, "a key of at least 16 characters")
+    keys.done()
+    ids = [k.key_id for k in signing]
+    if len(set(ids)) != len(ids):
+        keys.fail("signing", ids, "key ids that differ")
+
+    origin = top.table("origin")
+    origin_url = origin.url("url")
+    store = origin.get("store", str, "a directory path", None)
+    origin.done()
+
+    steering = top.table("steering")
+    steering_url = steering.url("url", None)
+    default_site = steering.get("default_site", str, "a site name", None)
+    load_bound = steering.number("load_bound", 0.8, low=0.0, high=1.0)
+    interval = steering.number("heartbeat_interval_s", 1.0, low=0.0, high=60.0)
+    missed = steering.get("down_after_missed", int, "a whole number", 3)
+    if not 1 <= missed <= 100:
+        steering.fail("down_after_missed", missed, "a whole number from 1 to 100")
+    redis_url = steering.get("redis", str, "a redis:// URL", None)
+    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+        steering.fail("redis", redis_url, "a redis://, rediss:// or unix:// URL")
+    steering.done()
+
+    control = top.table("control")
+    control_url = control.url("url", None)
+    control.done()
+
+    sites: list[Site] = []
+    for t in top.tables("sites"):
+        name = t.get("name", str, "a site name")
+        if not is_valid_title_id(name):
+            t.fail("name", name, "letters, digits, '.', '_' and '-'")
+        cidrs = tuple(t.convert("cidrs", c, _cidr) for c in t.strings("cidrs", "CIDRs", []))
+        fallbacks = tuple(t.strings("fallbacks", "a list of site names", []))
+        t.done()
+        sites.append(Site(name, cidrs, fallbacks))
+    names = [s.name for s in sites]
+    site_set = set(names)
+    for i, s in enumerate(sites):
+        where = _Table({}, f"sites[{i}]", path)
+        if names.count(s.name) > 1:
+            where.fail("name", s.name, "a name no other site has")
+        for f in s.fallbacks:
+            if f not in site_set or f == s.name:
+                where.fail("fallbacks", f, f"another site's name (sites: {', '.join(names)})")
+    if default_site is None:
+        default_site = names[0] if names else ""
+    elif default_site not in site_set:
+        top.table("steering").fail("default_site", default_site, f"one of {names}")
+
+    raw_appliances = top.tables("appliances")
+    appliance_ids = [t.peek("id") for t in raw_appliances]
+    appliance_urls: dict[str, str] = {}
+    for t in raw_appliances:
+        if isinstance(t.peek("id"), str) and isinstance(t.peek("url"), str):
+            appliance_urls[t.peek("id")] = t.peek("url")
+    appliances: list[Appliance] = []
+    for t in raw_appliances:
+        aid = t.get("id", str, "an appliance id")
+        if not is_valid_title_id(aid):
+            t.fail("id", aid, "letters, digits, '.', '_' and '-'")
+        if appliance_ids.count(aid) > 1:
+            t.fail("id", aid, "an id no other appliance has")
+        url = t.url("url")
+        site = t.get("site", str, "a site name")
+        if site not in site_set:
+            t.fail("site", site, f"one of the sites {names}")
+        capacity = t.number("capacity_mbps", _REQUIRED, low=0.0, high=1e7)
+        upstreams = []
+        for up in t.strings("upstreams", "a list of appliance ids, 'origin' or URLs", []):
+            if up == "origin":
+                upstreams.append(origin_url)
+            elif up in appliance_urls and up != aid:
+                upstreams.append(appliance_urls[up])
+            elif up.startswith(("http://", "https://")):
+                upstreams.append(t.convert("upstreams", up, _url))
+            else:
+                t.fail("upstreams", up, "'origin', another appliance's id or an http(s) URL")
+        if not upstreams:
+            upstreams.append(origin_url)
+        policy = t.get("policy", str, "a policy name", None)
+        mem = t.convert("mem", t.get("mem", str, "a size like '256MB'", None), _size)
+        disk = t.convert("disk", t.get("disk", str, "a size like '20GB'", None), _size)
+        cache_dir = t.get("cache_dir", str, "a directory path", None)
+        is_open = t.get("open", bool, "true or false", False)
+        hb = t.get("heartbeat_key", str, "'KEYID:SECRET'", None)
+        heartbeat_key = t.convert("heartbeat_key", hb, _signing_key) if hb else None
+        t.done()
+        appliances.append(
+            Appliance(
+                id=aid,
+                url=url,
+                site=site,
+                capacity_mbps=capacity,
+                upstreams=tuple(upstreams),
+                policy=policy,
+                mem_bytes=mem,
+                disk_bytes=disk,
+                cache_dir=base / cache_dir if cache_dir else None,
+                open=is_open,
+                heartbeat_key=heartbeat_key,
+            )
+        )
+    top.done()
+    return Deployment(
+        path=path,
+        origin_url=origin_url,
+        origin_store=base / store if store else None,
+        steering_url=steering_url,
+        control_url=control_url,
+        default_site=default_site,
+        load_bound=load_bound,
+        heartbeat_interval_s=interval,
+        down_after_missed=missed,
+        redis_url=redis_url,
+        signing_keys=signing,
+        admin_key=admin_key,
+        sites=tuple(sites),
+        appliances=tuple(appliances),
+    )
+
+
+# -- reading one table ------------------------------------------------------------------
+
+
+class _Table:
+    """One TOML table, read key by key; ``done()`` rejects the keys nobody read."""
+
+    def __init__(self, data: object, where: str, path: Path) -> None:
+        self.path = path
+        self.where = where
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: {where}: expected a table, got {data!r:.80}")
+        self.data: dict[str, Any] = data
+        self.read: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def fail(self, key: str, value: object, expected: str) -> Any:
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        raise ConfigError(f"{self.path}: {self._name(key)}: expected {expected}, got {shown}")
+
+    def peek(self, key: str) -> Any:
+        return self.data.get(key)
+
+    def get(self, key: str, kind: type[T], expected: str, default: T | None = _REQUIRED) -> T:
+        self.read.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.path}: {self._name(key)}: missing ({expected})")
+            return default  # type: ignore[return-value]
+        value = self.data[key]
+        # bool is an int in Python; a count or a size must not be `true`.
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            self.fail(key, value, expected)
+        return value  # type: ignore[no-any-return]
+
+    def number(self, key: str, default: float, *, low: float, high: float) -> float:
+        self.read.add(key)
+        if key not in self.data:
+            if default is _REQUIRED:
+                raise ConfigError(f"{self.path}: {self._name(key)}: missing (a number)")
+            return default
+        value = self.data[key]
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if not ok or not low < value <= high:
+            self.fail(key, value, f"a number > {low:g} and <= {high:g}")
+        return float(value)
+
+    def url(self, key: str, default: str | None = _REQUIRED) -> str:
+        value = self.get(key, str, "an http(s) URL", default)
+        return value if value is None else self.convert(key, value, _url)
+
+    def strings(self, key: str, expected: str, default: Any = _REQUIRED) -> list[str]:
+        value = self.get(key, list, expected, default)
+        for item in value:
+            if not isinstance(item, str):
+                self.fail(key, item, expected)
+        return value
+
+    def convert(self, key: str, value: Any, fn: Callable[[Any], T]) -> T:
+        if value is None:
+            return None  # type: ignore[return-value]
+        try:
+            return fn(value)
+        except ValueError as exc:
+            return self.fail(key, value, str(exc))  # type: ignore[no-any-return]
+
+    def table(self, key: str) -> _Table:
+        self.read.add(key)
+        return _Table(self.data.get(key, {}), self._name(key), self.path)
+
+    def tables(self, key: str) -> list[_Table]:
+        self.read.add(key)
+        items = self.data.get(key, [])
+        if not isinstance(items, list):
+            self.fail(key, items, f"[[{key}]] tables")
+        return [_Table(item, f"{key}[{i}]", self.path) for i, item in enumerate(items)]
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.read)
+        if unknown:
+            known = ", ".join(sorted(self.read))
+            raise ConfigError(
+                f"{self.path}: {self._name(unknown[0])}: unknown key (known here: {known})"
+            )
+
+
+def _url(value: str) -> str:
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http(s) URL with a host")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError("an http(s) URL with a valid port") from None
+    if parts.query or parts.fragment:
+        raise ValueError("a URL without query or fragment")
+    return value.rstrip("/")
+
+
+def port_of(url: str) -> int:
+    parts = urllib.parse.urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=True))
+    except ValueError as exc:
+        raise ValueError(f"an IPv4 or IPv6 network like 10.0.0.0/8 ({exc})") from None
+
+
+def _size(value: str) -> int:
+    try:
+        return parse_size(value)
+    except ValueError:
+        raise ValueError("a size like '256MB' or '20GB'") from None
+
+
+def _signing_key(value: str) -> SigningKey:
+    try:
+        key = SigningKey.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"'KEYID:SECRET' ({exc})") from None
+    if ":" not in value:
+        raise ValueError("'KEYID:SECRET' with an explicit key id")
+    return key
