@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench clean system-deps
 
 install: $(STAMP)
 
@@ -24,9 +24,16 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy media/ladder.py media/playlist.py media/mp4.py streamcdn/byteserving.py \
 		streamcdn/ids.py streamcdn/tokens.py streamcdn/breaker.py streamcdn/units.py \
-		appliance/limiter.py appliance/readahead.py appliance/policies
+		appliance/limiter.py appliance/readahead.py appliance/policies \
+		streamcdn/config.py steering/ranking.py steering/content_steering.py steering/registry.py
 
-test: lint
+# Tests start their own redis-server (on a free port): install Debian's if it is missing.
+system-deps:
+	@command -v redis-server >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq redis-server) || \
+		(echo "the tests need redis-server: apt-get install redis-server"; exit 1)
+
+test: lint system-deps
 	$(BIN)/pytest
 
 # Each script prints its figures; bench/README.md has them with the machine and date.

@@ -28,6 +28,7 @@ class ApplianceConfig:
     keys: tuple[SigningKey, ...] = ()
     heartbeat_key: SigningKey | None = None  # signs heartbeats; default: the first key
     capacity_mbps: float | None = None  # reported in heartbeats, when configured
+    heartbeat_interval_s: float = 1.0  # steering counts an appliance down after 3 missed
     admin_key: str | None = None
     open: bool = False  # serve unsigned /titles/... too
     steering: str | None = None
@@ -72,6 +73,7 @@ class ApplianceConfig:
             "upstream_read_timeout_s",
             "negative_ttl_s",
             "parent_token_ttl_s",
+            "heartbeat_interval_s",
         ):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} {getattr(self, name)}: must be more than 0")

@@ -199,7 +199,12 @@ class Appliance:
             key = self.config.heartbeat_key or (self.config.keys[0] if self.config.keys else None)
             self.spawn(
                 heartbeat_loop(
-                    self.session, self.config.steering, key, self.health, url=self.config.public_url
+                    self.session,
+                    self.config.steering,
+                    key,
+                    self.health,
+                    url=self.config.public_url,
+                    interval_s=self.config.heartbeat_interval_s,
                 )
             )
 

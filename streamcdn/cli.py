@@ -15,6 +15,7 @@ from streamcdn.progress import console, ingest_with_progress, progress_bar
 DEFAULT_STORE = "store"
 DEFAULT_HOST = "127.0.0.1"
 ORIGIN_PORT = 8082
+STEERING_PORT = 8081
 T = TypeVar("T")
 
 
@@ -157,12 +158,36 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         url=pick(args.url, entry and entry.url),
         read_ahead_segments=args.read_ahead,
         capacity_mbps=entry.capacity_mbps if entry else None,
+        heartbeat_interval_s=deployment.heartbeat_interval_s if deployment else 1.0,
     )  # type: ignore[arg-type]  # pick() of a non-None default is not None
     try:
         config.cache_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--cache-dir {config.cache_dir}: {exc.strerror}") from None
     service.run(create_app(config), host=config.host, port=config.port, access_log=args.access_log)
+
+
+def cmd_serve_steering(args: argparse.Namespace) -> None:
+    from steering.server import create_app
+    from streamcdn import service
+    from streamcdn.config import port_of
+
+    deployment = load_deployment(args)
+    if deployment is None:
+        raise UserError("serve steering needs --config FILE: the sites and appliances it steers")
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise UserError(f"--redis {args.redis!r}: expected redis://host:port/db")
+    config_port = port_of(deployment.steering_url) if deployment.steering_url else None
+    port = pick(args.port, config_port, STEERING_PORT)
+    assert port is not None
+    app = create_app(deployment, redis_url=args.redis)
+    service.run(app, host=args.host, port=port, access_log=args.access_log)
+
+
+def cmd_status(args: argparse.Namespace) -> None:
+    from streamcdn.status import show_status
+
+    show_status(args.steering, as_json=args.json)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -305,6 +330,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--url", help="the URL players reach this appliance at (default http://HOST:PORT)"
     )
     p.set_defaults(func=cmd_serve_appliance)
+
+    p = serve.add_parser("steering", help="the fleet registry and the steering decisions")
+    add_listen_args(p, STEERING_PORT)
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="keep the fleet view in Redis, shared by several replicas (redis://host:port/db)",
+    )
+    p.set_defaults(func=cmd_serve_steering)
+
+    p = sub.add_parser("status", help="the fleet as steering sees it, as a table")
+    p.add_argument("--steering", required=True, metavar="URL", help="the steering service")
+    p.add_argument("--json", action="store_true", help="print /fleet's JSON instead")
+    p.set_defaults(func=cmd_status)
     return parser
 
 

@@ -28,7 +28,8 @@ SAMPLE_SIZE = (1920, 1080)
 QUICK_DURATION_S = 6.0  # --quick: small samples for a fast first look (and the tests)
 QUICK_SIZE = (640, 360)
 START_TIMEOUT_S = 20.0
-ORIGIN_OFFSET = 2  # ports: control = base, steering = base + 1, origin = base + 2
+STEERING_OFFSET = 1  # ports: control = base, steering = base + 1, origin = base + 2
+ORIGIN_OFFSET = 2
 
 
 @dataclass(frozen=True)
@@ -164,6 +165,9 @@ def deployment_toml(
         "[origin]",
         f"url = {q(f'http://{host}:{port_base + ORIGIN_OFFSET}')}",
         f"store = {q(str(store))}",
+        "[steering]",
+        f"url = {q(f'http://{host}:{port_base + STEERING_OFFSET}')}",
+        'default_site = "isp-a"',
     ]
     sites = {"isp-a": ("127.0.0.0/8", "::1/128", "10.0.0.0/8"), "ix": ("192.0.2.0/24",)}
     fallbacks = {"isp-a": ("ix",), "ix": ("isp-a",)}
@@ -205,6 +209,7 @@ def run_demo(
     logs = data / "logs"
     logs.mkdir(exist_ok=True)
     origin_url = f"http://{host}:{port_base + ORIGIN_OFFSET}"
+    steering_url = f"http://{host}:{port_base + STEERING_OFFSET}"
     urls = {a.id: f"http://{host}:{port_base + a.port_offset}" for a in APPLIANCES}
     procs: list[subprocess.Popen[bytes]] = []
     config = data / "deployment.toml"
@@ -217,6 +222,14 @@ def run_demo(
                 ["origin", "--config", str(config), "--host", host],
                 origin_url,
                 logs / "origin.log",
+            )
+        )
+        procs.append(
+            start_service(
+                "steering",
+                ["steering", "--config", str(config), "--host", host],
+                steering_url,
+                logs / "steering.log",
             )
         )
         for a in APPLIANCES:
@@ -238,6 +251,8 @@ def run_demo(
         info = {
             "pid": os.getpid(),
             "origin": origin_url,
+            "steering": steering_url,
+            "config": str(config),
             "appliances": {
                 a.id: {
                     "url": urls[a.id],
@@ -260,6 +275,7 @@ def run_demo(
         (data / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
         console.print(f"\n[bold]streamcdn demo is up[/bold] (details in {data / 'demo.json'})")
         console.print(f"  origin   {origin_url}/titles")
+        console.print(f"  steering {steering_url}/fleet")
         for a in APPLIANCES:
             console.print(f"  {a.id:<8} {urls[a.id]}  site {a.site}")
         console.print("\nSigned URLs on a1 (valid 24 h):")
@@ -271,11 +287,21 @@ def run_demo(
             f"Pre-fill a cache:  streamcdn fill --appliance {urls['a2']} "
             f"--admin-key $(jq -r .admin_key {data / 'secrets.json'}) --top 3"
         )
+        console.print(f"The fleet:  streamcdn status --steering {steering_url}")
         console.print("Ctrl-C stops everything.")
-        while all(p.poll() is None for p in procs):
+        names = ["origin", "steering", *(a.id for a in APPLIANCES)]
+        gone: set[str] = set()
+        while len(gone) < len(procs):
+            for name, p in zip(names, procs, strict=True):
+                if p.poll() is not None and name not in gone:
+                    # Designed for failure: the rest keep serving without it.
+                    gone.add(name)
+                    console.print(
+                        f"[yellow]{name} exited with {p.returncode}; the others keep running "
+                        f"(its log: {logs / name}.log)[/]"
+                    )
             time.sleep(0.5)
-        dead = next(p for p in procs if p.poll() is not None)
-        raise UserError(f"a service exited with {dead.returncode}; see the logs in {logs}")
+        raise UserError(f"every service has exited; see the logs in {logs}")
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:

@@ -195,7 +195,7 @@ async def _plumbing(request: web.Request, handler: Handler) -> web.StreamRespons
             raise
         # aiohttp's default text is "404: Not Found"; a handler's own text is the reason.
         default = not exc.text or exc.text.startswith(f"{exc.status}: ")
-        response = _error_body(exc.status, exc.reason if default else exc.text)
+        response = _error_body(exc.status, (exc.reason if default else exc.text) or "")
         for header in ("Retry-After", "Allow", "X-Not-Found"):
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]

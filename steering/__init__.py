@@ -1,0 +1,1 @@
+"""Steering: fleet registry, ranking, content-steering server, dashboard."""
