@@ -82,9 +82,23 @@ def test_demo_serves_signed_titles_through_the_appliance_tree(tmp_path: Path, st
     a1, ix1 = health(info["appliances"]["a1"]["url"]), health(info["appliances"]["ix1"]["url"])
     assert a1["tiers"]["memory"]["objects"] > 10 and ix1["tiers"]["memory"]["objects"] > 10
     assert health(info["appliances"]["a2"]["url"])["tiers"]["memory"]["objects"] == 0
+    # Every appliance heartbeats to steering, which steers a local viewer into isp-a.
+    deadline = time.monotonic() + 10
+    while True:
+        with urllib.request.urlopen(f"{info['steering']}/fleet", timeout=5) as r:
+            fleet = json.load(r)
+        if {a["id"]: a["status"] for a in fleet["appliances"]} == dict.fromkeys(
+            info["appliances"], "up"
+        ):
+            break
+        assert time.monotonic() < deadline, fleet
+        time.sleep(0.2)
+    with urllib.request.urlopen(f"{info['steering']}/steer?title=calm&client_ip=127.0.0.1") as r:
+        steer = json.load(r)
+    assert steer["site"] == "isp-a" and {a["id"] for a in steer["appliances"][:2]} == {"a1", "a2"}
     err = interrupt(proc)
     assert "vlc http://" in err and "/s/" in err  # the demo told the user how to play a title
-    for url in [info["origin"], *(a["url"] for a in info["appliances"].values())]:
+    for url in [info["origin"], info["steering"], *(a["url"] for a in info["appliances"].values())]:
         with pytest.raises(OSError):  # every service was stopped with the demo
             urllib.request.urlopen(f"{url}/health", timeout=2)
     manifests = {p: p.stat().st_ino for p in (data / "store").glob("*/manifest.json")}
