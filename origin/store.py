@@ -57,7 +57,14 @@ def _fsync_dir(path: Path) -> None:
 
 
 def build_manifest(
-    title: str, name: str, ladder: Ladder, root: Path, source: dict[str, Any]
+    title: str,
+    name: str,
+    ladder: Ladder,
+    root: Path,
+    source: dict[str, Any],
+    *,
+    tags: tuple[str, ...] = (),
+    poster: str | None = None,
 ) -> dict[str, Any]:
     """The manifest of a finished ladder in ``root``: titles, renditions, every file's digest."""
     files = {}
@@ -72,6 +79,8 @@ def build_manifest(
         "duration_s": ladder.duration_s,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "master": MASTER,
+        "tags": list(tags),
+        "poster": poster,
         "source": source,
         "renditions": [
             {k: v for k, v in asdict(r).items() if v is not None} for r in ladder.renditions

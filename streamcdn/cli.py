@@ -51,7 +51,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_ingest(args: argparse.Namespace) -> None:
     manifest = ingest_with_progress(
-        args.file, args.title, args.store, name=args.name, force=args.force
+        args.file, args.title, args.store, name=args.name, force=args.force, tags=args.tag
     )
     console.print(
         f"published {args.title!r} in {args.store}: {manifest['duration_s']} s, "
@@ -245,6 +245,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", type=Path, metavar="FILE")
     p.add_argument("--title", required=True, help="title id: letters, digits, '.', '_', '-'")
     p.add_argument("--name", help="display name (default: the title id)")
+    p.add_argument(
+        "--tag",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="a tag or genre for the catalog, e.g. drama (repeatable)",
+    )
     p.add_argument(
         "--store",
         type=Path,

@@ -37,12 +37,13 @@ class DemoTitle:
     title: str
     name: str
     pattern: str
+    tags: tuple[str, ...]
 
 
 CATALOGUE = (
-    DemoTitle("calm", "Calm Gradient", "calm"),
-    DemoTitle("testsrc", "Test Pattern", "testsrc"),
-    DemoTitle("life", "Seeds (cellular automaton)", "life"),
+    DemoTitle("calm", "Calm Gradient", "calm", ("abstract", "relaxing")),
+    DemoTitle("testsrc", "Test Pattern", "testsrc", ("test", "classic")),
+    DemoTitle("life", "Seeds (cellular automaton)", "life", ("science", "generative")),
 )
 
 
@@ -72,7 +73,7 @@ def prepare_titles(data: Path, *, quick: bool = False) -> Path:
                     pattern=t.pattern,
                     on_progress=update,
                 )
-        ingest_with_progress(source, t.title, store_dir, name=t.name, force=False)
+        ingest_with_progress(source, t.title, store_dir, name=t.name, force=False, tags=t.tags)
     return store_dir
 
 

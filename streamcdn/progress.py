@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -36,7 +36,13 @@ def progress_bar(label: str, total_s: float) -> Iterator[Callable[[float], None]
 
 
 def ingest_with_progress(
-    source: Path, title: str, store_dir: Path, *, name: str | None, force: bool
+    source: Path,
+    title: str,
+    store_dir: Path,
+    *,
+    name: str | None,
+    force: bool,
+    tags: Sequence[str] = (),
 ) -> dict[str, object]:
     # Lazy: streamcdn/ imports no service at import time; only the CLI's wiring runs this.
     from media.ladder import Rung
@@ -59,6 +65,7 @@ def ingest_with_progress(
             title,
             TitleStore(store_dir),
             name=name,
+            tags=tags,
             force=force,
             on_probe=on_probe,
             on_progress=lambda s: bar[0](s) if bar else None,

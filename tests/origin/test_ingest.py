@@ -129,3 +129,18 @@ def test_ctrl_c_during_ingest_publishes_nothing_and_cleans_up(
     assert proc.returncode != 0
     assert "Traceback" not in err
     assert store_entries(TitleStore(store_dir)) == []
+
+
+def test_tags_and_a_poster_frame_are_published_with_the_title(
+    tmp_path: Path, tiny_source: Path
+) -> None:
+    store = TitleStore(tmp_path / "store")
+    manifest = ingest(tiny_source, "t1", store, tags=["Drama", "sci-fi", "drama"])
+    assert manifest["tags"] == ["drama", "sci-fi"] and manifest["poster"] == "poster.jpg"
+    poster = store.root / "t1" / "poster.jpg"
+    assert poster.read_bytes()[:3] == b"\xff\xd8\xff"  # a JPEG
+    assert manifest["files"]["poster.jpg"]["size"] == poster.stat().st_size  # digest-checked too
+    for bad in (["-x"], ["has space"], ["a" * 33], [f"t{i}" for i in range(21)]):
+        with pytest.raises(UserError, match="--tag"):
+            ingest(tiny_source, "t2", store, tags=bad)
+    assert not store.exists("t2")
