@@ -318,7 +318,7 @@ class FrontProtocol(asyncio.Protocol):
         job = _FileSend(self._head(hit, close), fd, entry.body_offset + hit.start, hit.length)
         try:
             if not self.transport.get_write_buffer_size():  # else queued bytes must go first
-                job.push(self._corked())
+                job.push(self._socket())
         except (EOFError, OSError) as exc:
             self._disk_finished(request, hit, job, route, started, exc)
             return
@@ -336,7 +336,7 @@ class FrontProtocol(asyncio.Protocol):
         try:
             async with asyncio.timeout(send_deadline_s(hit.length)):
                 await self._drain()
-                out = self._corked()
+                out = self._socket()
                 while not job.push(out):
                     await writable(out.fileno())
         except (EOFError, OSError, TimeoutError) as exc:
@@ -357,9 +357,6 @@ class FrontProtocol(asyncio.Protocol):
         error: BaseException | None,
     ) -> None:
         os.close(job.fd)
-        if self._out is not None:
-            with contextlib.suppress(OSError):  # uncorking sends the tail now
-                self._out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)
         corrupt = isinstance(error, EOFError)  # the file shrank under us
         now = time.monotonic()
         self.appliance.limiter.release(now - started, now, dropped=corrupt)
@@ -406,9 +403,8 @@ class FrontProtocol(asyncio.Protocol):
             if not transport.is_closing():
                 transport.set_write_buffer_limits(high=high, low=low)
 
-    def _corked(self) -> socket.socket:
-        """The connection's socket for os.sendfile, corked: head and body then leave in
-        full segments, as with nginx's tcp_nopush."""
+    def _socket(self) -> socket.socket:
+        """The connection's socket, for os.sendfile."""
         # A duplicate descriptor: uvloop refuses add_writer() on the transport's own, and
         # the duplicate keeps naming our socket if uvloop closes its descriptor meanwhile.
         if self._out is None:
@@ -417,7 +413,6 @@ class FrontProtocol(asyncio.Protocol):
             sock = self.transport.get_extra_info("socket")
             self._out = socket.socket(fileno=os.dup(sock.fileno()))
             self._out.setblocking(False)
-        self._out.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
         return self._out
 
     # -- leaving ------------------------------------------------------------------------
@@ -497,8 +492,12 @@ class _FileSend:
     def push(self, out: socket.socket) -> bool:
         """Send what the socket takes now; True when everything is sent."""
         try:
+            # MSG_MORE holds the head back until the body follows, so both leave in full
+            # segments (what nginx's tcp_nopush does with TCP_CORK, without two
+            # setsockopt calls per response); sendfile pushes its last part itself.
+            more = socket.MSG_MORE if self.count else 0
             while self.head:
-                self.head = self.head[out.send(self.head) :]
+                self.head = self.head[out.send(self.head, more) :]
             while self.count:
                 # Each call is bounded by the socket's free buffer, so it cannot hold
                 # the loop for long; a full socket raises BlockingIOError.
