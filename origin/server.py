@@ -60,6 +60,10 @@ async def list_titles(request: web.Request) -> web.Response:
                     "title": title,
                     "name": m["name"],
                     "duration_s": m["duration_s"],
+                    "tags": m.get("tags", []),
+                    "poster": m.get("poster"),
+                    "created_at": m.get("created_at"),
+                    "renditions": m.get("renditions", []),
                     "requests": request.app[REQUESTS][title],
                 }
             )
