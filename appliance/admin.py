@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import itertools
-import json
 import logging
 import time
 from collections import defaultdict
@@ -22,6 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from appliance.fill import FillError
+from streamcdn import service
 from streamcdn.ids import is_valid_rel_path, is_valid_title_id
 
 if TYPE_CHECKING:
@@ -77,10 +77,7 @@ class Admin:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def _json(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise web.HTTPBadRequest(text="body must be a JSON object") from None
+        body = await service.json_body(request)
         if not isinstance(body, dict):
             raise web.HTTPBadRequest(text="body must be a JSON object")
         return body

@@ -188,10 +188,7 @@ def _offer(queue: asyncio.Queue[str], message: str, *, force: bool = False) -> b
 async def heartbeat(request: web.Request) -> web.Response:
     steering = request.app[STEERING]
     body = await request.read()
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        raise web.HTTPBadRequest(text="heartbeat body is not JSON") from None
+    data = await service.json_body(request, what="the heartbeat")
     if not isinstance(data, dict):
         raise web.HTTPBadRequest(text="heartbeat body must be a JSON object")
     appliance_id = data.get("id")

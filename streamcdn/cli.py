@@ -16,6 +16,7 @@ DEFAULT_STORE = "store"
 DEFAULT_HOST = "127.0.0.1"
 ORIGIN_PORT = 8082
 STEERING_PORT = 8081
+CONTROL_PORT = 8080
 T = TypeVar("T")
 
 
@@ -184,6 +185,43 @@ def cmd_serve_steering(args: argparse.Namespace) -> None:
     service.run(app, host=args.host, port=port, access_log=args.access_log)
 
 
+def cmd_serve_control(args: argparse.Namespace) -> None:
+    import ssl
+
+    from control.server import create_app
+    from streamcdn import service
+    from streamcdn.config import port_of
+
+    deployment = load_deployment(args)
+    if deployment is None:
+        raise UserError("serve control needs --config FILE: keys, origin, steering and sites")
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise UserError(f"--redis {args.redis!r}: expected redis://host:port/db")
+    context = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise UserError("--tls-cert and --tls-key go together")
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise UserError(f"--tls-cert/--tls-key: cannot load: {exc}") from None
+    db = pick(args.db, deployment.control_db, Path("control.db"))
+    assert db is not None
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--db {db}: {exc.strerror}") from None
+    config_port = port_of(deployment.control_url) if deployment.control_url else None
+    port = pick(args.port, config_port, CONTROL_PORT)
+    assert port is not None
+    try:
+        app = create_app(deployment, db_path=db, redis_url=args.redis, tls=context is not None)
+    except ValueError as exc:
+        raise UserError(f"{deployment.path}: {exc}") from None
+    service.run(app, host=args.host, port=port, access_log=args.access_log, ssl_context=context)
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from streamcdn.status import show_status
 
@@ -346,6 +384,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the fleet view in Redis, shared by several replicas (redis://host:port/db)",
     )
     p.set_defaults(func=cmd_serve_steering)
+
+    p = serve.add_parser("control", help="accounts, catalog, the playback API and events")
+    add_listen_args(p, CONTROL_PORT)
+    p.add_argument(
+        "--db", type=Path, help="control's SQLite file (default: the config's, else ./control.db)"
+    )
+    p.add_argument("--redis", metavar="URL", help="append playback events to a Redis Stream")
+    p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
+    p.set_defaults(func=cmd_serve_control)
 
     p = sub.add_parser("status", help="the fleet as steering sees it, as a table")
     p.add_argument("--steering", required=True, metavar="URL", help="the steering service")

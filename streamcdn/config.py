@@ -31,6 +31,7 @@ from streamcdn.tokens import SigningKey
 from streamcdn.units import parse_size
 
 T = TypeVar("T")
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _REQUIRED: Any = object()
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -72,6 +73,11 @@ class Deployment:
     origin_store: Path | None
     steering_url: str | None
     control_url: str | None
+    control_db: Path | None  # control's own SQLite file (accounts, catalog, play sessions)
+    control_events_file: Path | None  # playback events as JSONL, when no Redis
+    control_redis_url: str | None  # playback events to a Redis Stream
+    trusted_proxies: tuple[str, ...]  # X-Forwarded-For is believed only from these
+    play_ttl_s: float  # how long a play session and its signed URLs last
     default_site: str
     load_bound: float  # share of capacity above which steering passes an appliance over
     heartbeat_interval_s: float
@@ -146,12 +152,22 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
     if not 1 <= missed <= 100:
         steering.fail("down_after_missed", missed, "a whole number from 1 to 100")
     redis_url = steering.get("redis", str, "a redis:// URL", None)
-    if redis_url is not None and not redis_url.startswith(("redis://", "rediss://", "unix://")):
+    if redis_url is not None and not redis_url.startswith(_REDIS_SCHEMES):
         steering.fail("redis", redis_url, "a redis://, rediss:// or unix:// URL")
     steering.done()
 
     control = top.table("control")
     control_url = control.url("url", None)
+    control_db = control.get("db", str, "a file path", None)
+    control_events = control.get("events_file", str, "a file path", None)
+    control_redis = control.get("redis", str, "a redis:// URL", None)
+    if control_redis is not None and not control_redis.startswith(_REDIS_SCHEMES):
+        control.fail("redis", control_redis, "a redis://, rediss:// or unix:// URL")
+    proxies = tuple(
+        control.convert("trusted_proxies", c, _cidr)
+        for c in control.strings("trusted_proxies", "a list of CIDRs", [])
+    )
+    play_ttl = control.number("play_ttl_s", 6 * 3600.0, low=0.0, high=7 * 86400.0)
     control.done()
 
     sites: list[Site] = []
@@ -237,6 +253,11 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
         origin_store=base / store if store else None,
         steering_url=steering_url,
         control_url=control_url,
+        control_db=base / control_db if control_db else None,
+        control_events_file=base / control_events if control_events else None,
+        control_redis_url=control_redis,
+        trusted_proxies=proxies,
+        play_ttl_s=play_ttl,
         default_site=default_site,
         load_bound=load_bound,
         heartbeat_interval_s=interval,

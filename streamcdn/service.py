@@ -14,6 +14,7 @@ import itertools
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections import Counter as Tally
@@ -196,7 +197,7 @@ async def _plumbing(request: web.Request, handler: Handler) -> web.StreamRespons
         # aiohttp's default text is "404: Not Found"; a handler's own text is the reason.
         default = not exc.text or exc.text.startswith(f"{exc.status}: ")
         response = _error_body(exc.status, (exc.reason if default else exc.text) or "")
-        for header in ("Retry-After", "Allow", "X-Not-Found"):
+        for header in ("Retry-After", "Allow", "X-Not-Found", "WWW-Authenticate"):
             if header in exc.headers:
                 response.headers[header] = exc.headers[header]
     except Exception:
@@ -211,6 +212,17 @@ async def _plumbing(request: web.Request, handler: Handler) -> web.StreamRespons
         time.perf_counter() - started,
     )
     return response
+
+
+async def json_body(request: web.Request, *, what: str = "the body") -> Any:
+    """The request's body parsed as JSON; 400 (never a 500) for anything that is not JSON,
+    including nesting deep enough to exhaust the parser's recursion. Over the app's
+    client_max_size, aiohttp answers 413 first."""
+    body = await request.read()
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise web.HTTPBadRequest(text=f"{what} is not JSON") from None
 
 
 def count_request(
@@ -284,6 +296,7 @@ async def start(
     port: int,
     access_log: bool = True,
     keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Running:
     """Serve ``app`` on ``host:port`` in the running loop (port 0: any free port)."""
     access_logger = logging.getLogger(f"streamcdn.{app[SERVICE]}.access") if access_log else None
@@ -301,7 +314,7 @@ async def start(
         factory = front.wrap(runner.server, access_logger, keepalive_timeout_s)  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(factory, host, port, reuse_address=True)
+        server = await loop.create_server(factory, host, port, reuse_address=True, ssl=ssl_context)
     except OSError as exc:
         await runner.cleanup()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
@@ -311,22 +324,35 @@ async def start(
     return Running(app, runner, server)
 
 
-def run(app: web.Application, *, host: str, port: int, access_log: bool = True) -> None:
+def run(
+    app: web.Application,
+    *,
+    host: str,
+    port: int,
+    access_log: bool = True,
+    ssl_context: ssl.SSLContext | None = None,
+) -> None:
     """Serve ``app`` on uvloop until SIGINT/SIGTERM, then drain in-flight requests.
 
     Without the access log every request is still counted in /metrics.
     """
     setup_logging()
-    uvloop.run(_serve_until_signal(app, host, port, access_log))
+    uvloop.run(_serve_until_signal(app, host, port, access_log, ssl_context))
     log.info("stopped", extra={"service": app[SERVICE]})
 
 
-async def _serve_until_signal(app: web.Application, host: str, port: int, access_log: bool) -> None:
+async def _serve_until_signal(
+    app: web.Application,
+    host: str,
+    port: int,
+    access_log: bool,
+    ssl_context: ssl.SSLContext | None,
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    running = await start(app, host=host, port=port, access_log=access_log)
+    running = await start(app, host=host, port=port, access_log=access_log, ssl_context=ssl_context)
     log.info("listening", extra={"service": app[SERVICE], "host": host, "port": running.port})
     await stop.wait()
     log.info("stopping", extra={"service": app[SERVICE]})

@@ -36,9 +36,10 @@ async def test_lists_titles(client: TestClient) -> None:
     r = await client.get("/titles")
     assert r.status == 200
     body = await r.json()
-    assert body["titles"] == [
-        {"title": TITLE, "name": "Tiny test title", "duration_s": 10.0, "requests": 0}
-    ]
+    (listed,) = body["titles"]
+    assert listed | {"title": TITLE, "name": "Tiny test title", "duration_s": 10.0} == listed
+    assert listed["requests"] == 0 and listed["poster"] == "poster.jpg" and listed["tags"] == []
+    assert {r["name"] for r in listed["renditions"]} == {"360p", "240p", "audio"}
 
 
 async def test_serves_the_manifest(client: TestClient, store: TitleStore) -> None:

@@ -1,0 +1,1 @@
+"""The control plane: accounts, catalog, playback API, events, watch page."""
