@@ -56,6 +56,7 @@ log = logging.getLogger("streamcdn.control")
 
 MAX_BODY_BYTES = 64 * 1024
 CATALOG_SYNC_S = 5.0
+MAX_POSTERS = 1000
 SUMMARY_REBUILD_EVENTS = 100_000  # recent events folded into the QoE summary at start
 IP_RATE = (50.0, 100.0)  # requests/s sustained, burst, per client address
 PLAY_RATE = (1.0, 10.0)  # plays/s sustained, burst, per account
@@ -91,6 +92,7 @@ class Control:
         self.http: aiohttp.ClientSession | None = None
         self.steerer: Steerer | None = None
         self.masters: MasterCache | None = None
+        self.posters: dict[str, bytes] = {}
         self._known: dict[str, str | None] = {}  # title -> the created_at it was synced at
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -153,6 +155,7 @@ class Control:
                 continue
             await asyncio.to_thread(self.catalog.upsert, entry)
             self._known[entry.id] = t.get("created_at")
+            self.posters.pop(entry.id, None)
             changed += 1
         for gone in await asyncio.to_thread(self.catalog.ids) - seen:
             await asyncio.to_thread(self.catalog.remove, gone)
@@ -284,6 +287,31 @@ async def list_catalog(request: web.Request) -> web.Response:
 async def get_title(request: web.Request) -> web.Response:
     entry = await find_title(request)
     return web.json_response(entry_json(entry))
+
+
+async def poster(request: web.Request) -> web.Response:
+    """A title's poster frame, from the origin, kept in memory (a few tens of kB each)."""
+    control = request.app[CONTROL]
+    entry = await find_title(request)
+    if entry.poster is None:
+        raise web.HTTPNotFound(text="this title has no poster")
+    data = control.posters.get(entry.id)
+    if data is None:
+        assert control.http is not None
+        url = f"{control.deployment.origin_url}/titles/{entry.id}/{entry.poster}"
+        try:
+            async with control.http.get(url) as r:
+                if r.status != 200:
+                    raise web.HTTPNotFound(text="the origin has no poster for this title")
+                data = await r.read()
+        except (aiohttp.ClientError, TimeoutError):
+            raise web.HTTPBadGateway(text="the origin did not answer") from None
+        if len(control.posters) >= MAX_POSTERS:
+            control.posters.clear()
+        control.posters[entry.id] = data
+    return web.Response(
+        body=data, content_type="image/jpeg", headers={"Cache-Control": "public, max-age=300"}
+    )
 
 
 async def search(request: web.Request) -> web.Response:
@@ -450,6 +478,7 @@ def create_app(
     app.router.add_get("/catalog", list_catalog)
     app.router.add_get("/catalog/{title}", get_title)
     app.router.add_get("/search", search)
+    app.router.add_get("/posters/{title}", poster)
     app.router.add_post("/play/{title}", play)
     app.router.add_get("/sessions/{session}/master.m3u8", session_master)
     app.router.add_post("/events", post_events)

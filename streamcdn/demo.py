@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,14 +140,37 @@ APPLIANCES = (
     DemoAppliance("a2", "isp-a", 21, ("ix1",)),
 )
 PLAY_TOKEN_TTL_S = 24 * 3600
+DEMO_EMAIL = "demo@streamcdn.test"
+
+
+def ensure_account(control: str, email: str, password: str) -> None:
+    """The demo account, created through control's own API (409: it exists already)."""
+    body = json.dumps({"email": email, "password": password}).encode()
+    request = urllib.request.Request(
+        f"{control}/accounts", data=body, headers={"Content-Type": "application/json"}
+    )
+    try:
+        urllib.request.urlopen(request, timeout=10).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code != 409:
+            raise UserError(f"control refused the demo account: HTTP {exc.code}") from None
+    except OSError as exc:
+        raise UserError(f"control did not answer: {exc}") from None
 
 
 def demo_secrets(data: Path) -> dict[str, str]:
     """The demo's signing and admin keys: made once, kept in DIR/secrets.json (mode 600)."""
     path = data / "secrets.json"
     if path.exists():
-        return json.loads(path.read_text())
-    secrets_ = {"signing_key": f"demo:{secrets.token_hex(16)}", "admin_key": secrets.token_hex(16)}
+        kept: dict[str, str] = json.loads(path.read_text())
+        if "demo_password" in kept:
+            return kept
+        path.unlink()  # written by an older demo: make a complete set
+    secrets_ = {
+        "signing_key": f"demo:{secrets.token_hex(16)}",
+        "admin_key": secrets.token_hex(16),
+        "demo_password": secrets.token_urlsafe(12),
+    }
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:
         json.dump(secrets_, f, indent=2)
@@ -169,6 +193,10 @@ def deployment_toml(
         "[steering]",
         f"url = {q(f'http://{host}:{port_base + STEERING_OFFSET}')}",
         'default_site = "isp-a"',
+        "[control]",
+        f"url = {q(f'http://{host}:{port_base}')}",
+        f"db = {q(str(data / 'control.db'))}",
+        f"events_file = {q(str(data / 'events.jsonl'))}",
     ]
     sites = {"isp-a": ("127.0.0.0/8", "::1/128", "10.0.0.0/8"), "ix": ("192.0.2.0/24",)}
     fallbacks = {"isp-a": ("ix",), "ix": ("isp-a",)}
@@ -211,6 +239,7 @@ def run_demo(
     logs.mkdir(exist_ok=True)
     origin_url = f"http://{host}:{port_base + ORIGIN_OFFSET}"
     steering_url = f"http://{host}:{port_base + STEERING_OFFSET}"
+    control_url = f"http://{host}:{port_base}"
     urls = {a.id: f"http://{host}:{port_base + a.port_offset}" for a in APPLIANCES}
     procs: list[subprocess.Popen[bytes]] = []
     config = data / "deployment.toml"
@@ -242,6 +271,15 @@ def run_demo(
                     logs / f"{a.id}.log",
                 )
             )
+        procs.append(
+            start_service(
+                "control",
+                ["control", "--config", str(config), "--host", host],
+                control_url,
+                logs / "control.log",
+            )
+        )
+        ensure_account(control_url, DEMO_EMAIL, keys["demo_password"])
         key = SigningKey.parse(keys["signing_key"])
         expires = int(time.time() + PLAY_TOKEN_TTL_S)
 
@@ -251,17 +289,21 @@ def run_demo(
 
         info = {
             "pid": os.getpid(),
-            "origin": origin_url,
+            "control": control_url,
             "steering": steering_url,
+            "origin": origin_url,
             "config": str(config),
-            "appliances": {
-                a.id: {
+            "appliances": [
+                {
+                    "id": a.id,
                     "url": urls[a.id],
                     "site": a.site,
                     "upstreams": [urls[p] for p in a.parents] + [origin_url],
                 }
                 for a in APPLIANCES
-            },
+            ],
+            "account": {"email": DEMO_EMAIL, "password": keys["demo_password"]},
+            "vlc": {t.title: play_url("a1", t.title) for t in CATALOGUE},
             "secrets": str(data / "secrets.json"),
             "logs": str(logs),
             "titles": {
@@ -275,10 +317,12 @@ def run_demo(
         }
         (data / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
         console.print(f"\n[bold]streamcdn demo is up[/bold] (details in {data / 'demo.json'})")
-        console.print(f"  origin   {origin_url}/titles")
+        console.print(f"  control  {control_url}/catalog")
         console.print(f"  steering {steering_url}/fleet")
+        console.print(f"  origin   {origin_url}/titles")
         for a in APPLIANCES:
             console.print(f"  {a.id:<8} {urls[a.id]}  site {a.site}")
+        console.print(f"  account  {DEMO_EMAIL} / {keys['demo_password']}")
         console.print("\nSigned URLs on a1 (valid 24 h):")
         for t in CATALOGUE:
             console.print(f"  {t.title:<8} {info['titles'][t.title]['play']['a1']}")
@@ -290,7 +334,7 @@ def run_demo(
         )
         console.print(f"The fleet:  streamcdn status --steering {steering_url}")
         console.print("Ctrl-C stops everything.")
-        names = ["origin", "steering", *(a.id for a in APPLIANCES)]
+        names = ["origin", "steering", *(a.id for a in APPLIANCES), "control"]
         gone: set[str] = set()
         while len(gone) < len(procs):
             for name, p in zip(names, procs, strict=True):

@@ -176,3 +176,11 @@ async def test_the_per_address_limit_answers_429(stack: Stack, monkeypatch) -> N
     statuses = [(await call("GET", f"{stack.control}/catalog"))[0] for _ in range(5)]
     assert statuses[:3] == [200, 200, 200] and statuses[-1] == 429
     assert (await call("GET", f"{stack.control}/health"))[0] == 200  # health is never limited
+
+
+async def test_posters_come_from_the_origin(stack: Stack) -> None:
+    status, body, _ = await call("GET", f"{stack.control}/catalog/{TITLE}")
+    async with ClientSession() as s, s.get(f"{stack.control}{body['poster']}") as r:
+        assert r.status == 200 and r.content_type == "image/jpeg"
+        assert (await r.read())[:3] == b"\xff\xd8\xff"
+    assert (await call("GET", f"{stack.control}/posters/nope"))[0] == 404
