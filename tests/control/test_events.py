@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +21,9 @@ from control.events import (
     SinkUnavailable,
     parse_batch,
 )
-from tests.conftest import free_port, wait_for_port
+from tests.conftest import RedisServer
 
 NOW = 1_700_000_000.0
-REDIS_SERVER = "/usr/bin/redis-server"
 
 
 TYPICAL: dict[str, dict[str, Any]] = {  # fields each type usually carries
@@ -285,41 +281,6 @@ async def test_jsonl_full_disk_loses_nothing_acknowledged(tiny_tmpfs: Path) -> N
 
 
 # -- RedisStreamSink ---------------------------------------------------------------------
-
-
-class RedisServer:
-    """A redis-server of the test's own on a free port, stoppable and restartable."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        if not os.access(REDIS_SERVER, os.X_OK):
-            pytest.fail(f"{REDIS_SERVER} is missing: apt-get install redis-server")
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port, self.proc)  # type: ignore[arg-type]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    yield server
-    server.stop()
 
 
 async def test_redis_append_then_recent(redis_server: RedisServer) -> None:

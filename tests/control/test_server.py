@@ -11,8 +11,8 @@ import m3u8
 from aiohttp import ClientSession
 
 from control import server as control_server
-from tests.conftest import TITLE
-from tests.control.conftest import PASSWORD, Stack, call, sign_up_and_login
+from tests.conftest import TITLE, RedisServer
+from tests.control.conftest import PASSWORD, Stack, call, sign_up_and_login, start_stack
 
 
 async def test_accounts_and_logins_with_every_bad_input(stack: Stack) -> None:
@@ -179,8 +179,67 @@ async def test_the_per_address_limit_answers_429(stack: Stack, monkeypatch) -> N
 
 
 async def test_posters_come_from_the_origin(stack: Stack) -> None:
-    status, body, _ = await call("GET", f"{stack.control}/catalog/{TITLE}")
+    _, body, _ = await call("GET", f"{stack.control}/catalog/{TITLE}")
     async with ClientSession() as s, s.get(f"{stack.control}{body['poster']}") as r:
         assert r.status == 200 and r.content_type == "image/jpeg"
         assert (await r.read())[:3] == b"\xff\xd8\xff"
     assert (await call("GET", f"{stack.control}/posters/nope"))[0] == 404
+
+
+async def test_events_go_to_a_redis_stream_when_configured(
+    tmp_path: Path,
+    store,
+    redis_server: RedisServer,  # type: ignore[no-untyped-def]
+) -> None:
+    import redis.asyncio as redis
+
+    stack = await start_stack(tmp_path, store, redis_url=redis_server.url)
+    try:
+        now = time.time()
+        batch = [{"type": "start", "session": "r1", "ts": now, "appliance": "a1"}]
+        assert (await call("POST", f"{stack.control}/events", batch))[0] == 202
+        client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+        entries = await client.xrange("streamcdn:events")
+        await client.aclose()
+        assert [json.loads(e[1]["json"])["session"] for e in entries] == ["r1"]
+        redis_server.stop()  # not acknowledged, so the player retries: nothing is lost
+        status, _, headers = await call("POST", f"{stack.control}/events", batch)
+        assert status == 503 and headers["Retry-After"] == "1"
+    finally:
+        for running in reversed(list(stack.running.values())):
+            await running.close()
+
+
+async def test_control_serves_https_with_a_certificate(tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    from control.server import create_app
+    from streamcdn import service
+    from streamcdn.config import load
+    from tests.control.conftest import deployment_text
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    ports = dict.fromkeys(("origin", "steering", "control", "a1", "ix1"), 9)
+    (tmp_path / "deploy.toml").write_text(deployment_text(ports, tmp_path, None))
+    deployment = load(tmp_path / "deploy.toml")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    app = create_app(deployment, db_path=tmp_path / "c.db", tls=True)
+    running = await service.start(app, host="127.0.0.1", port=0, ssl_context=context)
+    try:
+        client = ssl.create_default_context(cafile=str(cert))
+        client.check_hostname = False
+        async with (
+            ClientSession() as s,
+            s.get(f"https://127.0.0.1:{running.port}/health", ssl=client) as r,
+        ):
+            assert r.status == 200
+            assert r.headers["Strict-Transport-Security"].startswith("max-age=")
+    finally:
+        await running.close()

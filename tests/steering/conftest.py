@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,6 @@ from steering import server as steering_server
 from streamcdn import service
 from streamcdn.config import Deployment, load
 from streamcdn.tokens import SIGNATURE_HEADER, SigningKey, sign_body
-from tests.conftest import free_port, wait_for_port
 
 SIGNING = SigningKey.parse("k1:steering-test-key-0123456789")
 A2_KEY = SigningKey.parse("a2:a2-own-heartbeat-key-012345")
@@ -104,44 +101,3 @@ async def post_beat(
 async def get_json(url: str) -> tuple[int, dict]:
     async with ClientSession() as s, s.get(url) as r:
         return r.status, await r.json(content_type=None)
-
-
-class Redis:
-    """A redis-server of our own on a free port, stoppable and restartable."""
-
-    def __init__(self, workdir: Path) -> None:
-        self.port = free_port()
-        self.workdir = workdir
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail(
-                "redis-server not found: `make test` installs it (apt-get install redis-server)"
-            )
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_port(self.port, self.proc)  # type: ignore[arg-type]
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[Redis]:
-    r = Redis(tmp_path)
-    r.start()
-    yield r
-    r.stop()

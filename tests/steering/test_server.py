@@ -11,11 +11,10 @@ import time
 from aiohttp import ClientSession
 
 from streamcdn.tokens import SigningKey
-from tests.conftest import streamcdn_cmd
+from tests.conftest import RedisServer, streamcdn_cmd
 from tests.steering.conftest import (
     A2_KEY,
     SIGNING,
-    Redis,
     StartSteering,
     beat_body,
     get_json,
@@ -178,7 +177,7 @@ async def test_fleet_events_stream_changes_and_ticks(start_steering: StartSteeri
 
 
 async def test_two_replicas_share_one_view_through_redis_and_survive_it_going_away(
-    start_steering: StartSteering, redis_server: Redis
+    start_steering: StartSteering, redis_server: RedisServer
 ) -> None:
     one = (await start_steering(redis_url=redis_server.url)).make_url()
     two = (await start_steering(redis_url=redis_server.url)).make_url()
