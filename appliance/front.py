@@ -305,8 +305,9 @@ class FrontProtocol(asyncio.Protocol):
         if len(body) < JOIN_BELOW_BYTES:
             self.transport.write(head + body)
         else:
-            self.transport.write(head)
-            self.transport.write(body)  # immutable bytes: safe for uvloop to hold on to
+            # One writev: head and body leave together, in full segments (two writes
+            # under TCP_NODELAY send the head as a short segment of its own).
+            self.transport.writelines((head, body))  # immutable bytes: safe to hold on to
         return len(body)
 
     def _send_disk(self, request: Request, hit: Hit, fd: int, route: str, started: float) -> None:
