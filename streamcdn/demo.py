@@ -21,6 +21,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.table import Table
+
 from streamcdn.errors import UserError
 from streamcdn.progress import console
 
@@ -316,13 +318,16 @@ def run_demo(
             },
         }
         (data / "demo.json").write_text(json.dumps(info, indent=2) + "\n")
-        console.print(f"\n[bold]streamcdn demo is up[/bold] (details in {data / 'demo.json'})")
-        console.print(f"  control  {control_url}/catalog")
-        console.print(f"  steering {steering_url}/fleet")
-        console.print(f"  origin   {origin_url}/titles")
+        table = Table(title=f"streamcdn demo is up (details in {data / 'demo.json'})")
+        for column in ("service", "URL", "what"):
+            table.add_column(column, overflow="fold")
+        table.add_row("control", f"{control_url}/catalog", "accounts, catalog, POST /play")
+        table.add_row("steering", f"{steering_url}/fleet", "the fleet's health, /steer")
+        table.add_row("origin", f"{origin_url}/titles", "the title store")
         for a in APPLIANCES:
-            console.print(f"  {a.id:<8} {urls[a.id]}  site {a.site}")
-        console.print(f"  account  {DEMO_EMAIL} / {keys['demo_password']}")
+            table.add_row(a.id, urls[a.id], f"appliance, site {a.site}")
+        table.add_row("account", DEMO_EMAIL, f"password {keys['demo_password']}")
+        console.print(table)
         console.print("\nSigned URLs on a1 (valid 24 h):")
         for t in CATALOGUE:
             console.print(f"  {t.title:<8} {info['titles'][t.title]['play']['a1']}")
