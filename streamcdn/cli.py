@@ -98,6 +98,25 @@ def load_deployment(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return load(args.config) if args.config else None
 
 
+def required_deployment(args: argparse.Namespace, needs: str):  # type: ignore[no-untyped-def]
+    """The --config deployment of a service that cannot run without one; checks --redis."""
+    deployment = load_deployment(args)
+    if deployment is None:
+        raise UserError(f"serve {args.service} needs --config FILE: {needs}")
+    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise UserError(f"--redis {args.redis!r}: expected redis://host:port/db")
+    return deployment
+
+
+def listen_port(args: argparse.Namespace, configured_url: str | None, default: int) -> int:
+    """--port, else the port of the service's URL in the deployment file, else the default."""
+    from streamcdn.config import port_of
+
+    port = pick(args.port, port_of(configured_url) if configured_url else None, default)
+    assert port is not None  # the default is not None
+    return port
+
+
 def pick(flag: T | None, *fallbacks: T | None) -> T | None:
     """A flag's value if given, else the first configured value, else None."""
     for value in (flag, *fallbacks):
@@ -109,13 +128,11 @@ def pick(flag: T | None, *fallbacks: T | None) -> T | None:
 def cmd_serve_origin(args: argparse.Namespace) -> None:
     from origin.server import create_app
     from streamcdn import service
-    from streamcdn.config import port_of
 
     deployment = load_deployment(args)
     store = pick(args.store, deployment and deployment.origin_store, Path(DEFAULT_STORE))
-    config_port = port_of(deployment.origin_url) if deployment else None
-    port = pick(args.port, config_port, ORIGIN_PORT)
-    assert store is not None and port is not None
+    port = listen_port(args, deployment.origin_url if deployment else None, ORIGIN_PORT)
+    assert store is not None
     app = create_app(store)
     service.run(app, host=args.host, port=port, access_log=args.access_log)
 
@@ -171,16 +188,9 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
 def cmd_serve_steering(args: argparse.Namespace) -> None:
     from steering.server import create_app
     from streamcdn import service
-    from streamcdn.config import port_of
 
-    deployment = load_deployment(args)
-    if deployment is None:
-        raise UserError("serve steering needs --config FILE: the sites and appliances it steers")
-    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        raise UserError(f"--redis {args.redis!r}: expected redis://host:port/db")
-    config_port = port_of(deployment.steering_url) if deployment.steering_url else None
-    port = pick(args.port, config_port, STEERING_PORT)
-    assert port is not None
+    deployment = required_deployment(args, "the sites and appliances it steers")
+    port = listen_port(args, deployment.steering_url, STEERING_PORT)
     app = create_app(deployment, redis_url=args.redis)
     service.run(app, host=args.host, port=port, access_log=args.access_log)
 
@@ -190,13 +200,8 @@ def cmd_serve_control(args: argparse.Namespace) -> None:
 
     from control.server import create_app
     from streamcdn import service
-    from streamcdn.config import port_of
 
-    deployment = load_deployment(args)
-    if deployment is None:
-        raise UserError("serve control needs --config FILE: keys, origin, steering and sites")
-    if args.redis and not args.redis.startswith(("redis://", "rediss://", "unix://")):
-        raise UserError(f"--redis {args.redis!r}: expected redis://host:port/db")
+    deployment = required_deployment(args, "keys, origin, steering and sites")
     context = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -212,9 +217,7 @@ def cmd_serve_control(args: argparse.Namespace) -> None:
         db.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"--db {db}: {exc.strerror}") from None
-    config_port = port_of(deployment.control_url) if deployment.control_url else None
-    port = pick(args.port, config_port, CONTROL_PORT)
-    assert port is not None
+    port = listen_port(args, deployment.control_url, CONTROL_PORT)
     try:
         app = create_app(deployment, db_path=db, redis_url=args.redis, tls=context is not None)
     except ValueError as exc:
