@@ -225,6 +225,23 @@ def cmd_serve_control(args: argparse.Namespace) -> None:
     service.run(app, host=args.host, port=port, access_log=args.access_log, ssl_context=context)
 
 
+def cmd_simulate(args: argparse.Namespace) -> None:
+    import json
+
+    from player.simulate import format_table, run_simulation
+
+    names = [n.strip() for n in args.abr.split(",") if n.strip()]
+    if not names:
+        raise UserError("--abr: name at least one rule, or 'all'")
+    if not args.traces.is_dir():
+        raise UserError(f"--traces {args.traces}: not a folder")
+    result = run_simulation(names, args.traces, args.video)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        console.print(format_table(result))
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from streamcdn.status import show_status
 
@@ -397,6 +414,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve HTTPS with this certificate")
     p.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key")
     p.set_defaults(func=cmd_serve_control)
+
+    p = sub.add_parser("simulate", help="trace-driven ABR simulation: every rule, QoE per rule")
+    p.add_argument(
+        "--abr", default="all", metavar="NAMES", help="rules, comma-separated, or 'all' (default)"
+    )
+    p.add_argument("--traces", type=Path, required=True, metavar="DIR", help="a folder of traces")
+    p.add_argument(
+        "--video",
+        default="pensieve",
+        metavar="pensieve|MANIFEST",
+        help="the Pensieve reference video (default) or a title's manifest.json",
+    )
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("status", help="the fleet as steering sees it, as a table")
     p.add_argument("--steering", required=True, metavar="URL", help="the steering service")

@@ -1,0 +1,86 @@
+"""The project's own ABR rule on crafted cases, and on any context at all."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from player.abr import DEFAULT_RULE, make_rule
+from player.abr.base import AbrContext, Download
+from player.abr.ours import Ours
+
+LADDER = (300.0, 750.0, 1200.0, 1850.0, 2850.0, 4300.0)
+
+
+def ctx(buffer_s: float, kbps: list[float], last: int | None = 2, **kw: object) -> AbrContext:
+    downloads = tuple(
+        Download(bytes=int(k * 1000 / 8 * 2), duration_s=2.0, end_s=2.0 * (i + 1), index=2)
+        for i, k in enumerate(kbps)
+    )
+    fields: dict = dict(
+        bitrates_kbps=LADDER, segment_s=4.0, buffer_s=buffer_s, max_buffer_s=60.0,
+        now_s=2.0 * len(kbps), downloads=downloads, last_index=last, segment_index=len(kbps),
+        segments_total=48,
+    )  # fmt: skip
+    fields.update(kw)
+    return AbrContext(**fields)
+
+
+def choose(context: AbrContext) -> int:
+    rule = Ours()
+    return rule.choose(context, rule.initial_state())[0]
+
+
+def test_it_is_the_default_and_starts_at_the_bottom() -> None:
+    assert DEFAULT_RULE == "ours" and isinstance(make_rule("ours"), Ours)
+    assert choose(ctx(0.0, [], last=None, playing=False)) == 0  # nothing measured yet
+
+
+def test_ample_steady_throughput_reaches_the_top_rung() -> None:
+    assert choose(ctx(30.0, [20_000.0] * 5, last=5)) == 5
+
+
+def test_a_low_buffer_and_falling_throughput_step_down() -> None:
+    steady = choose(ctx(20.0, [3000.0] * 5, last=3))
+    falling = choose(ctx(3.0, [3000.0, 2500.0, 1500.0, 900.0, 600.0], last=3))
+    assert falling < steady and falling <= 1
+
+
+def test_a_deep_buffer_buys_a_higher_rung_than_a_shallow_one() -> None:
+    samples = [1500.0, 1300.0, 1700.0, 1400.0, 1600.0]
+    assert choose(ctx(35.0, samples)) >= choose(ctx(4.0, samples))
+
+
+def test_known_segment_sizes_are_used() -> None:
+    # The next segments at the top rung are tiny (a still scene): affordable now.
+    sizes = tuple((1000, 2000, 3000, 4000, 5000, 6000) for _ in range(5))
+    assert choose(ctx(10.0, [800.0] * 5, next_sizes=sizes)) == 5
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ladder=st.lists(st.floats(50, 50_000), min_size=1, max_size=8).map(sorted),
+    buffer_s=st.floats(0, 120),
+    samples=st.lists(
+        st.tuples(st.integers(0, 10**8), st.floats(0, 100), st.integers(0, 7)), max_size=20
+    ),
+    last=st.none() | st.integers(0, 7),
+    playing=st.booleans(),
+)
+def test_any_context_gives_a_valid_rung(ladder, buffer_s, samples, last, playing) -> None:  # type: ignore[no-untyped-def]
+    rungs = len(ladder)
+    downloads = tuple(
+        Download(bytes=b, duration_s=d, end_s=float(i), index=min(r, rungs - 1))
+        for i, (b, d, r) in enumerate(samples)
+    )
+    context = AbrContext(
+        bitrates_kbps=tuple(ladder), segment_s=4.0, buffer_s=buffer_s, max_buffer_s=60.0,
+        now_s=float(len(samples)), downloads=downloads,
+        last_index=None if last is None else min(last, rungs - 1), segment_index=len(samples),
+        segments_total=None, playing=playing,
+    )  # fmt: skip
+    rule = Ours()
+    state = rule.initial_state()
+    for _ in range(3):  # the state it hands back is usable again
+        index, state = rule.choose(context, state)
+        assert 0 <= index < rungs
