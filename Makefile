@@ -25,7 +25,9 @@ lint: install
 	$(BIN)/mypy media/ladder.py media/playlist.py media/mp4.py streamcdn/byteserving.py \
 		streamcdn/ids.py streamcdn/tokens.py streamcdn/breaker.py streamcdn/units.py \
 		appliance/limiter.py appliance/readahead.py appliance/policies \
-		streamcdn/config.py steering/ranking.py steering/content_steering.py steering/registry.py
+		streamcdn/config.py steering/ranking.py steering/content_steering.py steering/registry.py \
+		control/accounts.py control/catalog.py control/events.py control/edge.py \
+		player/abr player/traces.py player/video.py player/qoe.py player/simulate.py
 
 # Tests start their own redis-server (on a free port): install Debian's if it is missing.
 system-deps:
@@ -50,6 +52,8 @@ bench: install
 		(echo "bench/serve.py and bench/sendfile.py need nginx and wrk: apt-get install nginx wrk"; exit 1)
 	$(BIN)/python bench/sendfile.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/steering.py
+	$(BIN)/python bench/abr.py || true  # prints PASS/FAIL per trace family; see bench/README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
