@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -242,6 +243,93 @@ def cmd_simulate(args: argparse.Namespace) -> None:
         console.print(format_table(result))
 
 
+def cmd_play(args: argparse.Namespace) -> None:
+    import asyncio
+    import json
+
+    from rich.live import Live
+    from rich.text import Text
+
+    from player.session import PlayerError, play, play_title
+    from player.traces import load_trace
+    from streamcdn.ids import is_valid_title_id
+
+    rule = check_abr(args.abr)
+    trace = load_trace(args.trace) if args.trace else None
+    line = Text("starting...")
+
+    def status(s) -> None:  # type: ignore[no-untyped-def]
+        last = s.timeline[-1] if s.timeline else None
+        if last is not None:
+            where = s.appliances[-1] if s.appliances else "?"
+            line.plain = (
+                f"{s.wall_s:6.1f} s  segment {len(s.timeline)}/{s.segments_total or '?'}  "
+                f"{last.kbps:6.0f} kbps  buffer {last.buffer_s:5.1f} s  "
+                f"throughput {last.throughput_kbps:7.0f} kbps  stalls {s.stalls}  via {where}"
+            )
+
+    options = {"rule": rule, "duration_s": args.duration, "trace": trace, "on_status": status}
+    if args.target.startswith(("http://", "https://")):
+        run = play([args.target], **options)
+    elif is_valid_title_id(args.target):
+        run = play_title(
+            args.control.rstrip("/"), args.target, args.email, viewer_password(args), **options
+        )
+    else:
+        raise UserError(f"{args.target!r}: expected a master URL (http://...) or a title id")
+    try:
+        with Live(line, console=console, transient=True, refresh_per_second=4):
+            summary = asyncio.run(run)
+    except PlayerError as exc:
+        raise UserError(str(exc)) from None
+    if args.plot:
+        from player.plot import plot_session
+
+        plot_session(summary, args.plot)
+    out = summary.to_json(timeline=False)
+    if args.json:
+        print(json.dumps(out))
+        return
+    console.print(
+        f"{out['segments']} segments in {out['wall_s']:.1f} s with {rule}: QoE_lin "
+        f"{out['qoe_lin']}, {out['avg_kbps']} kbps on average, startup {out['startup_s']} s, "
+        f"{out['stalls']} stalls ({out['stall_s']} s), {out['switches']} switches, "
+        f"{out['failovers']} failovers, errors {out['errors'] or 'none'}, "
+        f"appliances {' -> '.join(out['appliances']) or '-'}"
+    )
+
+
+def cmd_loadtest(args: argparse.Namespace) -> None:
+    import asyncio
+    import json
+
+    from player.loadtest import format_loadtest, loadtest
+
+    if not 1 <= args.players <= 10_000:
+        raise UserError("--players: expected 1..10000")
+    if args.trace is not None and not args.trace.is_dir():
+        raise UserError(f"--trace {args.trace}: not a folder of traces")
+    result = asyncio.run(
+        loadtest(
+            args.control.rstrip("/"),
+            args.players,
+            args.duration,
+            email=args.email,
+            password=viewer_password(args),
+            abr=check_abr(args.abr),
+            traces=args.trace,
+        )
+    )
+    if args.plot:
+        from player.plot import plot_loadtest
+
+        plot_loadtest(result, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        console.print(format_loadtest(result))
+
+
 def cmd_status(args: argparse.Namespace) -> None:
     from streamcdn.status import show_status
 
@@ -429,11 +517,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_simulate)
 
+    p = sub.add_parser("play", help="play a title (through control) or a master URL, headless")
+    p.add_argument("target", metavar="URL|TITLE", help="a master playlist URL, or a title id")
+    add_viewer_args(p)
+    p.add_argument("--duration", type=positive_float, metavar="S", help="stop after S seconds")
+    p.add_argument("--trace", type=Path, metavar="FILE", help="pace reads to replay this trace")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="bitrate, buffer, throughput")
+    p.set_defaults(func=cmd_play)
+
+    p = sub.add_parser("loadtest", help="N headless players against a fleet, through control")
+    add_viewer_args(p)
+    p.add_argument("--players", type=int, required=True, metavar="N", help="concurrent players")
+    p.add_argument("--duration", type=positive_float, required=True, metavar="S", help="seconds")
+    p.add_argument("--trace", type=Path, metavar="DIR", help="traces dealt to players in turn")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--plot", type=Path, metavar="FILE.png", help="egress and QoE over players")
+    p.set_defaults(func=cmd_loadtest)
+
     p = sub.add_parser("status", help="the fleet as steering sees it, as a table")
     p.add_argument("--steering", required=True, metavar="URL", help="the steering service")
     p.add_argument("--json", action="store_true", help="print /fleet's JSON instead")
     p.set_defaults(func=cmd_status)
     return parser
+
+
+def add_viewer_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--control", default="http://127.0.0.1:8080", help="control (default the demo's)"
+    )
+    p.add_argument("--email", default="demo@streamcdn.test", help="account (default the demo's)")
+    p.add_argument(
+        "--password",
+        help="its password (default $STREAMCDN_PASSWORD, else the demo's in .demo/secrets.json)",
+    )
+    p.add_argument("--abr", help="ABR rule (default: ours); see streamcdn simulate")
+
+
+def viewer_password(args: argparse.Namespace) -> str:
+    import json
+    import os
+
+    if args.password:
+        return str(args.password)
+    if os.environ.get("STREAMCDN_PASSWORD"):
+        return os.environ["STREAMCDN_PASSWORD"]
+    secrets = Path(".demo") / "secrets.json"
+    try:
+        return str(json.loads(secrets.read_text())["demo_password"])
+    except (OSError, ValueError, KeyError):
+        raise UserError(
+            "--password: not given, no $STREAMCDN_PASSWORD, and no demo in ./.demo"
+        ) from None
+
+
+def check_abr(name: str | None) -> str:
+    from player.abr import DEFAULT_RULE, RULES
+
+    if name is None:
+        return DEFAULT_RULE
+    if name not in RULES:
+        raise UserError(f"--abr {name!r}: known rules are {', '.join(RULES)}")
+    return name
 
 
 def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
@@ -456,6 +601,10 @@ def add_listen_args(p: argparse.ArgumentParser, default_port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # A shell script that starts us in the background leaves SIGINT ignored, and Python
+    # then never raises KeyboardInterrupt: Ctrl-C (or a SIGINT from a supervisor or a
+    # test) would do nothing. Every command here stops cleanly on it, so take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     try:
         args.func(args)

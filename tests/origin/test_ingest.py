@@ -91,6 +91,17 @@ def test_a_disk_that_fills_during_transcode_leaves_nothing(
     assert store_entries(store) == []
 
 
+@pytest.fixture(scope="module")
+def long_source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Long enough that an ingest caught at its first segment is surely still transcoding
+    (the tiny title can finish, poster and all, before a signal lands on a busy machine)."""
+    from media.sample import make_sample
+
+    out = tmp_path_factory.mktemp("long") / "long.mp4"
+    make_sample(out, duration_s=60.0, size=(640, 360), pattern="testsrc")
+    return out
+
+
 def start_ingest_and_wait_for_segments(store_dir: Path, source: Path) -> subprocess.Popen[str]:
     """A CLI ingest, caught while ffmpeg is writing segments into the staging directory."""
     proc = subprocess.Popen(
@@ -106,10 +117,10 @@ def start_ingest_and_wait_for_segments(store_dir: Path, source: Path) -> subproc
 
 
 def test_a_killed_ingest_leaves_litter_that_the_next_one_sweeps(
-    tmp_path: Path, tiny_source: Path
+    tmp_path: Path, long_source: Path
 ) -> None:
     store_dir = tmp_path / "store"
-    proc = start_ingest_and_wait_for_segments(store_dir, tiny_source)
+    proc = start_ingest_and_wait_for_segments(store_dir, long_source)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert not (store_dir / "t").exists()
@@ -120,10 +131,10 @@ def test_a_killed_ingest_leaves_litter_that_the_next_one_sweeps(
 
 
 def test_ctrl_c_during_ingest_publishes_nothing_and_cleans_up(
-    tmp_path: Path, tiny_source: Path
+    tmp_path: Path, long_source: Path
 ) -> None:
     store_dir = tmp_path / "store"
-    proc = start_ingest_and_wait_for_segments(store_dir, tiny_source)
+    proc = start_ingest_and_wait_for_segments(store_dir, long_source)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=20)
     assert proc.returncode != 0
