@@ -7,7 +7,9 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
 .PHONY: install demo test lint bench clean system-deps
 
-install: $(STAMP)
+WEB_STAMP := web/node_modules/.installed-stamp
+
+install: $(STAMP) $(WEB_STAMP)
 
 # Re-runs only when pyproject.toml changes; a second `make install` is instant.
 $(STAMP): pyproject.toml
@@ -15,6 +17,13 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -e '.[dev]'
 	@touch $(STAMP)
+
+# hls.js for the watch page, from npm, served by control itself (no CDN links).
+$(WEB_STAMP): web/package.json web/package-lock.json
+	@command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm) || \
+		(echo "the watch page needs npm: apt-get install npm"; exit 1)
+	cd web && npm ci --no-audit --no-fund --loglevel=error
+	@touch $(WEB_STAMP)
 
 demo: install
 	$(BIN)/streamcdn demo
@@ -29,11 +38,15 @@ lint: install
 		control/accounts.py control/catalog.py control/events.py control/edge.py \
 		player/abr player/traces.py player/video.py player/qoe.py player/simulate.py
 
-# Tests start their own redis-server (on a free port): install Debian's if it is missing.
+# Tests start their own redis-server (on a free port) and drive Debian's chromium:
+# install them if missing.
 system-deps:
 	@command -v redis-server >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq redis-server) || \
 		(echo "the tests need redis-server: apt-get install redis-server"; exit 1)
+	@test -x /usr/bin/chromium || \
+		(apt-get update -qq && apt-get install -y -qq chromium) || \
+		(echo "the browser tests need chromium: apt-get install chromium"; exit 1)
 
 test: lint system-deps
 	$(BIN)/pytest

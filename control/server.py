@@ -40,6 +40,7 @@ from control.events import (
     SinkUnavailable,
     parse_batch,
 )
+from control.pages import add_routes as add_page_routes
 from control.play import (
     MasterCache,
     PlaySessions,
@@ -483,4 +484,5 @@ def create_app(
     app.router.add_get("/sessions/{session}/master.m3u8", session_master)
     app.router.add_post("/events", post_events)
     app.router.add_get("/events/summary", events_summary)
+    add_page_routes(app)
     return app

@@ -306,6 +306,7 @@ def run_demo(
             ],
             "account": {"email": DEMO_EMAIL, "password": keys["demo_password"]},
             "vlc": {t.title: play_url("a1", t.title) for t in CATALOGUE},
+            "watch": {t.title: f"{control_url}/watch/{t.title}" for t in CATALOGUE},
             "secrets": str(data / "secrets.json"),
             "logs": str(logs),
             "titles": {
@@ -321,6 +322,7 @@ def run_demo(
         table = Table(title=f"streamcdn demo is up (details in {data / 'demo.json'})")
         for column in ("service", "URL", "what"):
             table.add_column(column, overflow="fold")
+        table.add_row("watch", f"{control_url}/", "the catalog and watch pages, in a browser")
         table.add_row("control", f"{control_url}/catalog", "accounts, catalog, POST /play")
         table.add_row("steering", f"{steering_url}/fleet", "the fleet's health, /steer")
         table.add_row("origin", f"{origin_url}/titles", "the title store")

@@ -1,0 +1,91 @@
+"""The watch page in a real browser: Debian's chromium, headless, driven by Playwright.
+
+Screenshots land in tests/artifacts/ (git ignores it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from origin.store import TitleStore
+from tests.conftest import TITLE
+from tests.control.conftest import PASSWORD, Stack, call, start_stack
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--disable-background-networking",
+    "--disable-component-update", "--no-first-run", "--disable-sync",
+    "--autoplay-policy=no-user-gesture-required",
+]  # fmt: skip
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture
+async def browser():  # type: ignore[no-untyped-def]
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(f"{CHROMIUM} is missing: `make test` installs it (apt-get install chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def stack(tmp_path: Path, store: TitleStore) -> AsyncIterator[Stack]:
+    s = await start_stack(tmp_path, store)
+    yield s
+    for running in reversed(list(s.running.values())):
+        await running.close()
+
+
+async def wait_for_state(page, done, timeout_s: float = 30.0) -> dict:  # type: ignore[no-untyped-def]
+    """Poll the page's window.streamcdn (the page's CSP forbids Playwright's in-page polling)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = await page.evaluate("window.streamcdn || null")
+        if state is not None and done(state):
+            return state
+        assert time.monotonic() < deadline, f"page state never got there: {state}"
+        await asyncio.sleep(0.25)
+
+
+async def test_the_watch_page_plays_a_title_in_chromium(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    email = "viewer@example.com"
+    assert (
+        await call("POST", f"{stack.control}/accounts", {"email": email, "password": PASSWORD})
+    )[0] == 201
+    page = await browser.new_page()
+    console: list[str] = []
+    page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+    await page.goto(f"{stack.control}/")
+    assert await page.locator("a.card").count() == 1  # the catalog lists the title
+    await page.goto(f"{stack.control}/watch/{TITLE}")
+    await page.fill("input[name=email]", email)
+    await page.fill("input[name=password]", PASSWORD)
+    await page.click("form#login button")
+    state = await wait_for_state(page, lambda s: s["currentTime"] >= 5 or s["fatal"])
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "watch.png"))
+    assert state["fatal"] is None, (state, console)
+    assert state["pathway"] in ("a1", "ix1")  # played through an appliance pathway
+    assert "pathway" in await page.inner_text("#overlay")
+
+
+async def test_the_watch_page_explains_what_went_wrong(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
+    page = await browser.new_page()
+    response = await page.goto(f"{stack.control}/watch/no-such-title")
+    assert response is not None and response.status == 404
+    assert "No such title" in await page.inner_text("main")
+    await page.goto(f"{stack.control}/watch/{TITLE}")
+    await page.fill("input[name=password]", "not the password")
+    await page.click("form#login button")
+    await page.wait_for_selector("#message.error")
+    assert "wrong email or password" in await page.inner_text("#message")
