@@ -31,6 +31,7 @@ from typing import Any
 from aiohttp import web
 
 from steering import content_steering as cs
+from steering.dashboard import add_routes as add_dashboard_routes
 from steering.ranking import RankingIndex, Site, SiteMap
 from steering.registry import (
     ApplianceView,
@@ -336,4 +337,5 @@ def create_app(deployment: Deployment, *, redis_url: str | None = None) -> web.A
     app.router.add_get("/fleet/events", fleet_events)
     app.router.add_get("/steer", steer)
     app.router.add_get("/content-steering/{session}.json", content_steering)
+    add_dashboard_routes(app, deployment.control_url)
     return app

@@ -307,6 +307,7 @@ def run_demo(
             "account": {"email": DEMO_EMAIL, "password": keys["demo_password"]},
             "vlc": {t.title: play_url("a1", t.title) for t in CATALOGUE},
             "watch": {t.title: f"{control_url}/watch/{t.title}" for t in CATALOGUE},
+            "dashboard": f"{steering_url}/dashboard",
             "secrets": str(data / "secrets.json"),
             "logs": str(logs),
             "titles": {
@@ -324,6 +325,7 @@ def run_demo(
             table.add_column(column, overflow="fold")
         table.add_row("watch", f"{control_url}/", "the catalog and watch pages, in a browser")
         table.add_row("control", f"{control_url}/catalog", "accounts, catalog, POST /play")
+        table.add_row("dashboard", f"{steering_url}/dashboard", "the fleet, live, in a browser")
         table.add_row("steering", f"{steering_url}/fleet", "the fleet's health, /steer")
         table.add_row("origin", f"{origin_url}/titles", "the title store")
         for a in APPLIANCES:

@@ -6,12 +6,14 @@ Screenshots land in tests/artifacts/ (git ignores it).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from aiohttp import ClientSession
 
 from origin.store import TitleStore
 from tests.conftest import TITLE
@@ -89,3 +91,52 @@ async def test_the_watch_page_explains_what_went_wrong(stack: Stack, browser) ->
     await page.click("form#login button")
     await page.wait_for_selector("#message.error")
     assert "wrong email or password" in await page.inner_text("#message")
+
+
+async def test_the_dashboard_shows_an_appliance_go_down_and_come_back(
+    stack: Stack, browser
+) -> None:  # type: ignore[no-untyped-def]
+    from appliance.config import ApplianceConfig
+    from appliance.server import create_app as create_appliance
+    from streamcdn import service
+    from streamcdn.tokens import SIGNATURE_HEADER, sign_body
+
+    page = await browser.new_page()
+    await page.goto(f"{stack.steering}/dashboard")
+
+    def fleet(ids):  # type: ignore[no-untyped-def]
+        return lambda s: all(s.get(i) == want for i, want in ids.items())
+
+    async def wait_fleet(want: dict[str, str], timeout_s: float) -> float:
+        started = time.monotonic()
+        while True:
+            state = await page.evaluate("window.streamcdnFleet || {}")
+            if fleet(want)(state):
+                return time.monotonic() - started
+            assert time.monotonic() - started < timeout_s, f"dashboard shows {state}, not {want}"
+            await asyncio.sleep(0.1)
+
+    await wait_fleet({"a1": "up", "ix1": "up"}, 10)
+    # An appliance reporting nonsense figures does not break the page.
+    nonsense = json.dumps({"id": "ix1", "sent_at": time.time(), "status": "ok", "egress_bps": "lots",
+                           "tiers": 7, "limiter": [1], "byte_hit_ratio": {"memory": 1e300}}).encode()  # fmt: skip
+    key = stack.deployment.signing_keys[0]
+    async with ClientSession() as s, s.post(f"{stack.steering}/heartbeat", data=nonsense,
+                      headers={SIGNATURE_HEADER: sign_body(nonsense, key)}) as r:  # fmt: skip
+        assert r.status == 200
+    entry = stack.deployment.appliance("a1")
+    await stack.stop("a1")
+    assert await wait_fleet({"a1": "down"}, 5) < 5  # seen down within 5 s
+    assert "down" in await page.inner_text("#appliance-a1")
+    config = ApplianceConfig(
+        id="a1", cache_dir=entry.cache_dir, upstreams=entry.upstreams,  # type: ignore[arg-type]
+        keys=stack.deployment.signing_keys, steering=stack.steering, url=entry.url,
+        heartbeat_interval_s=stack.deployment.heartbeat_interval_s,
+    )  # fmt: skip
+    stack.running["a1"] = await service.start(
+        create_appliance(config), host="127.0.0.1", port=entry.port, access_log=False
+    )
+    await wait_fleet({"a1": "up"}, 10)
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+    assert await page.locator("article.card").count() == 2
