@@ -75,7 +75,9 @@
       say("This browser cannot play HLS with Media Source Extensions.", true);
       return;
     }
-    const hls = new Hls({ enableWorker: true });
+    // A forward buffer of 20-30 s, as streaming services keep: enough to ride out a
+    // failover, without fetching a whole title a viewer may abandon.
+    const hls = new Hls({ enableWorker: true, maxBufferLength: 20, maxMaxBufferLength: 30 });
     window.hls = hls;
     let stalledAt = null;
     hls.on(Hls.Events.MANIFEST_PARSED, () => {

@@ -140,3 +140,50 @@ async def test_the_dashboard_shows_an_appliance_go_down_and_come_back(
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert await page.locator("article.card").count() == 2
+
+
+@pytest.fixture(scope="module")
+def long_store(tmp_path_factory: pytest.TempPathFactory) -> TitleStore:
+    """A 60 s title: longer than the page's forward buffer, so hls.js still fetches after
+    an appliance dies."""
+    from media.sample import make_sample
+    from origin.ingest import ingest
+
+    root = tmp_path_factory.mktemp("long-store")
+    source = root / "long.mp4"
+    make_sample(source, duration_s=60.0, size=(640, 360), pattern="testsrc")
+    store = TitleStore(root / "store")
+    ingest(source, TITLE, store, name="Long test title")
+    return store
+
+
+async def test_killing_the_appliance_in_use_keeps_the_video_playing(
+    tmp_path: Path,
+    long_store: TitleStore,
+    browser,  # type: ignore[no-untyped-def]
+) -> None:
+    stack = await start_stack(tmp_path, long_store)
+    try:
+        email = "viewer@example.com"
+        await call("POST", f"{stack.control}/accounts", {"email": email, "password": PASSWORD})
+        page = await browser.new_page()
+        await page.goto(f"{stack.control}/watch/{TITLE}")
+        await page.fill("input[name=email]", email)
+        await page.fill("input[name=password]", PASSWORD)
+        await page.click("form#login button")
+        state = await wait_for_state(page, lambda s: s["currentTime"] >= 3 and s["pathway"])
+        first, killed_at = state["pathway"], state["currentTime"]
+        await stack.stop(first)  # the appliance serving this viewer dies
+        state = await wait_for_state(
+            page,
+            lambda s: (s["currentTime"] >= killed_at + 8 and s["pathway"] != first) or s["fatal"],
+            timeout_s=40,
+        )
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "failover.png"))
+        assert state["fatal"] is None, state
+        assert state["pathway"] != first and first in state["pathways"], state
+        assert state["stalls"] <= 1, state  # at most a short stall
+    finally:
+        for running in reversed(list(stack.running.values())):
+            await running.close()

@@ -261,7 +261,13 @@ async def test_status_shows_every_appliance_and_why_one_is_down(
     start_steering: StartSteering,
 ) -> None:
     url = (await start_steering()).make_url()
-    await post_beat(url, beat_body("a1"))
+
+    async def keep_beating() -> None:  # a1 must stay up while the CLI starts (about 1 s)
+        while True:
+            await post_beat(url, beat_body("a1"))
+            await asyncio.sleep(0.05)
+
+    beating = asyncio.create_task(keep_beating())
     await wait_for(lambda: _is(url, "a1", "up"))
     proc = await asyncio.create_subprocess_exec(
         *streamcdn_cmd("status", "--steering", url),
@@ -270,6 +276,7 @@ async def test_status_shows_every_appliance_and_why_one_is_down(
         env={**os.environ, "COLUMNS": "120"},
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
+    beating.cancel()
     text = out.decode()
     assert proc.returncode == 0, err.decode()
     for fragment in ("a1", "a2", "ix1", "isp-a", "up", "down", "a2: down: no heartbeat yet"):
