@@ -36,10 +36,11 @@ lint: install
 		appliance/limiter.py appliance/readahead.py appliance/policies \
 		streamcdn/config.py steering/ranking.py steering/content_steering.py steering/registry.py \
 		control/accounts.py control/catalog.py control/events.py control/edge.py \
-		player/abr player/traces.py player/video.py player/qoe.py player/simulate.py
+		player/abr player/traces.py player/video.py player/qoe.py player/simulate.py \
+		player/session.py player/loadtest.py
 
-# Tests start their own redis-server (on a free port) and drive Debian's chromium:
-# install them if missing.
+# Tests start their own redis-server (on a free port), drive Debian's chromium and play
+# with VLC: install them if missing.
 system-deps:
 	@command -v redis-server >/dev/null || \
 		(apt-get update -qq && apt-get install -y -qq redis-server) || \
@@ -47,6 +48,9 @@ system-deps:
 	@test -x /usr/bin/chromium || \
 		(apt-get update -qq && apt-get install -y -qq chromium) || \
 		(echo "the browser tests need chromium: apt-get install chromium"; exit 1)
+	@command -v cvlc >/dev/null || \
+		(apt-get update -qq && apt-get install -y -qq --no-install-recommends vlc-bin vlc-plugin-base) || \
+		(echo "the VLC test needs cvlc: apt-get install vlc-bin vlc-plugin-base"; exit 1)
 
 test: lint system-deps
 	$(BIN)/pytest
