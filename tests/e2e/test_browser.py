@@ -137,6 +137,17 @@ async def test_the_dashboard_shows_an_appliance_go_down_and_come_back(
         create_appliance(config), host="127.0.0.1", port=entry.port, access_log=False
     )
     await wait_fleet({"a1": "up"}, 10)
+    # Steering restarts: the page's event stream reconnects by itself.
+    from steering.server import create_app as create_steering
+
+    await stack.stop("steering")
+    await page.wait_for_selector("#conn.lost", timeout=10_000)
+    port = int(stack.steering.rsplit(":", 1)[1])
+    stack.running["steering"] = await service.start(
+        create_steering(stack.deployment), host="127.0.0.1", port=port, access_log=False
+    )
+    await page.wait_for_selector("#conn.live", timeout=15_000)
+    await wait_fleet({"a1": "up", "ix1": "up"}, 10)
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
     assert await page.locator("article.card").count() == 2
@@ -187,3 +198,46 @@ async def test_killing_the_appliance_in_use_keeps_the_video_playing(
     finally:
         for running in reversed(list(stack.running.values())):
             await running.close()
+
+
+async def test_the_dashboard_stays_readable_with_50_appliances(tmp_path: Path, browser) -> None:  # type: ignore[no-untyped-def]
+    from steering.server import create_app as create_steering
+    from streamcdn import service
+    from streamcdn.config import load
+    from streamcdn.tokens import SIGNATURE_HEADER, sign_body
+
+    sites = "".join(f'[[sites]]\nname = "site-{s}"\ncidrs = ["10.{s}.0.0/16"]\n' for s in range(5))
+    appliances = "".join(
+        f'[[appliances]]\nid = "oca-{i:02}"\nurl = "http://127.0.0.1:{20000 + i}"\n'
+        f'site = "site-{i % 5}"\ncapacity_mbps = 10000\n'
+        for i in range(50)
+    )
+    (tmp_path / "d.toml").write_text(
+        '[keys]\nsigning = ["k1:dashboard-test-key-0123456789"]\n[origin]\nurl = "http://127.0.0.1:9"\n'
+        "[steering]\nheartbeat_interval_s = 30.0\n" + sites + appliances
+    )
+    deployment = load(tmp_path / "d.toml")
+    steering = await service.start(
+        create_steering(deployment), host="127.0.0.1", port=0, access_log=False
+    )
+    try:
+        async with ClientSession() as s:
+            for i in range(50):
+                body = json.dumps({"id": f"oca-{i:02}", "sent_at": time.time(), "status": "ok",
+                                   "egress_bps": i * 1e8, "connections": i}).encode()  # fmt: skip
+                headers = {SIGNATURE_HEADER: sign_body(body, deployment.signing_keys[0])}
+                async with s.post(steering.make_url("/heartbeat"), data=body, headers=headers) as r:
+                    assert r.status == 200
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(steering.make_url("/dashboard"))
+        deadline = time.monotonic() + 10
+        while await page.locator("article.card.up").count() < 50:
+            assert time.monotonic() < deadline, "not every appliance shows up"
+            await asyncio.sleep(0.2)
+        assert await page.locator("section.site").count() == 5
+        # No sideways scrolling, and every card keeps its figures on screen.
+        assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard-50.png"), full_page=True)
+    finally:
+        await steering.close()
