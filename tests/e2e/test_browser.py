@@ -79,6 +79,14 @@ async def test_the_watch_page_plays_a_title_in_chromium(stack: Stack, browser) -
     assert state["fatal"] is None, (state, console)
     assert state["pathway"] in ("a1", "ix1")  # played through an appliance pathway
     assert "pathway" in await page.inner_text("#overlay")
+    # The page posted its playback events (every 5 s): control's QoE summary has them.
+    deadline = time.monotonic() + 10
+    while True:
+        _, summary, _ = await call("GET", f"{stack.control}/events/summary")
+        if summary["appliances"].get(state["pathway"], {}).get("sessions"):
+            break
+        assert time.monotonic() < deadline, summary
+        await asyncio.sleep(0.5)
 
 
 async def test_the_watch_page_explains_what_went_wrong(stack: Stack, browser) -> None:  # type: ignore[no-untyped-def]
