@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import sys
 import time
@@ -29,6 +27,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.host import machine
 from player.simulate import run_simulation
 
 TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
@@ -81,18 +80,6 @@ def table(family: str, result: dict[str, Any], elapsed_s: float) -> Table:
             style="bold" if name == default else None,
         )
     return out
-
-
-def machine() -> dict[str, Any]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    return {"cores": os.cpu_count(), "cpu_model": model, "python": platform.python_version()}
 
 
 def main(argv: list[str] | None = None) -> int:

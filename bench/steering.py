@@ -38,7 +38,6 @@ import http.client
 import ipaddress
 import json
 import os
-import platform
 import random
 import re
 import secrets
@@ -60,6 +59,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.host import machine
 from bench.sendfile import SERVER_CORE, WRK_CORE, free_port, process_cpu_s, wait_for_port
 from steering.ranking import ApplianceState, RankingIndex, Site, SiteMap
 from streamcdn import config
@@ -347,18 +347,6 @@ def measure_build(fleet: Fleet) -> dict[str, float]:
     RankingIndex(site_map.sites, fleet.appliances)
     end = time.perf_counter()
     return {"site_map_ms": (mid - start) * 1e3, "ranking_index_ms": (end - mid) * 1e3}
-
-
-def machine() -> dict[str, object]:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor() or "unknown",
-    )
-    return {"cores": os.cpu_count(), "cpu_model": model, "python": platform.python_version()}
 
 
 def pin_to_one_cpu() -> int | None:

@@ -32,6 +32,7 @@ import ffmpeg as ffmpeg_graph
 from rich.console import Console
 from rich.table import Table
 
+from bench.host import cpu_model
 from media import ffmpeg
 from media.ladder import AUDIO_CHANNELS, AUDIO_KBPS, AUDIO_RATE_HZ, SEGMENT_S, Rung, plan_ladder
 from media.probe import MediaInfo, probe
@@ -61,11 +62,7 @@ class Run:
 
 
 def machine() -> dict[str, object]:
-    model = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.partition(":")[2].strip()
-            break
+    model = cpu_model()
     version = (
         subprocess.run(
             [ffmpeg.ffmpeg_path(), "-hide_banner", "-version"], capture_output=True, text=True
