@@ -177,6 +177,7 @@ class FrontProtocol(asyncio.Protocol):
         self.remote: str | None = None
         self.buf = bytearray()
         self.busy = False  # a disk hit is being sent: later requests wait in buf
+        self.eof = False  # the client sent all it will send
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._out: socket.socket | None = None  # a dup of the socket, for os.sendfile
@@ -200,6 +201,15 @@ class FrontProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.buf += data
         self._process()
+
+    def eof_received(self) -> bool:
+        """The client half-closed after its requests: answer them, then close."""
+        self.eof = True
+        if not self.busy:
+            self._process()
+            if not self.busy:
+                self.close()
+        return True  # keep the transport open for the answers
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._detach()
@@ -347,6 +357,8 @@ class FrontProtocol(asyncio.Protocol):
         if self.transport is not None:
             self.transport.resume_reading()
             self._process()
+            if self.eof and not self.busy:
+                self.close()
 
     def _disk_finished(
         self,
@@ -432,6 +444,8 @@ class FrontProtocol(asyncio.Protocol):
         transport.resume_reading()
         if data:
             protocol.data_received(data)
+        if self.eof:
+            protocol.eof_received()
 
     def _detach(self) -> None:
         self.front.connections.discard(self)

@@ -296,3 +296,20 @@ async def test_a_slow_reader_of_disk_hits_gets_every_byte_and_blocks_no_one(
     assert first[1]["x-cache"] == second[1]["x-cache"] == "HIT"
     assert third[0] == 200
     writer.close()
+
+
+async def test_a_client_that_half_closes_gets_every_answer_then_a_close(
+    make_appliance: MakeAppliance, title_dir: Path
+) -> None:
+    appliance = await make_appliance(read_ahead_segments=0)
+    playlist = signed(TITLE, PLAYLIST)
+    await warm(appliance, playlist)
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(get(playlist) + get(playlist))  # two hits, answered by the front
+    writer.write_eof()
+    answers = [await read_response(reader) for _ in range(2)]
+    assert [a[0] for a in answers] == [200, 200]
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # then it closes
+    writer.close()
+    # (aiohttp itself closes a half-closed connection at once: a miss handed over to it
+    # after the client's EOF is not answered. Players do not half-close.)
