@@ -135,9 +135,10 @@ REDIS_SERVER_PATH = shutil.which("redis-server") or "/usr/bin/redis-server"
 class RedisServer:
     """A redis-server of the test's own on a free port, stoppable and restartable."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, durable: bool = False) -> None:
         self.port = free_port()
         self.workdir = workdir
+        self.durable = durable  # an append-only file fsynced per write, as production runs
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
@@ -146,7 +147,8 @@ class RedisServer:
             pytest.fail(f"{REDIS_SERVER_PATH} is missing: apt-get install redis-server")
         self.proc = subprocess.Popen(
             [REDIS_SERVER_PATH, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
+             "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always",
+             "--dir", str(self.workdir)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
