@@ -167,3 +167,15 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+def publish_sample(
+    root: Path, title: str, *, duration_s: float, size: tuple[int, int], name: str = "Long"
+) -> TitleStore:
+    """A store under ``root`` with one title of ``duration_s`` (made and ingested for real):
+    for tests that need playback to outlast a player's buffer."""
+    source = root / f"{title}.mp4"
+    make_sample(source, duration_s=duration_s, size=size, pattern="testsrc")
+    store = TitleStore(root / "store")
+    ingest(source, title, store, name=name)
+    return store

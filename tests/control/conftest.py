@@ -79,6 +79,22 @@ cache_dir = "{tmp / "cache-ix1"}"
 """
 
 
+def appliance_config(d: Deployment, appliance_id: str, tmp: Path) -> ApplianceConfig:
+    """An appliance's settings from its entry in the deployment file, as serve does."""
+    a = d.appliance(appliance_id)
+    return ApplianceConfig(
+        id=a.id,
+        cache_dir=a.cache_dir or tmp / a.id,
+        upstreams=a.upstreams,
+        keys=d.signing_keys,
+        steering=d.steering_url,
+        capacity_mbps=a.capacity_mbps,
+        heartbeat_interval_s=d.heartbeat_interval_s,
+        url=a.url,
+        port=a.port,
+    )
+
+
 async def start_stack(tmp: Path, store: TitleStore, redis_url: str | None = None) -> Stack:
     ports = {name: free_port() for name in ("origin", "steering", "control", "a1", "ix1")}
     path = tmp / "deploy.toml"
@@ -94,18 +110,7 @@ async def start_stack(tmp: Path, store: TitleStore, redis_url: str | None = None
     await start("origin", create_origin(store.root))
     await start("steering", create_steering(d))
     for a in d.appliances:
-        config = ApplianceConfig(
-            id=a.id,
-            cache_dir=a.cache_dir or tmp / a.id,
-            upstreams=a.upstreams,
-            keys=d.signing_keys,
-            steering=d.steering_url,
-            capacity_mbps=a.capacity_mbps,
-            heartbeat_interval_s=d.heartbeat_interval_s,
-            url=a.url,
-            port=a.port,
-        )
-        await start(a.id, create_appliance(config))
+        await start(a.id, create_appliance(appliance_config(d, a.id, tmp)))
         stack.appliances[a.id] = a.url
     assert d.control_db is not None
     await start("control", create_control(d, db_path=d.control_db))

@@ -16,8 +16,8 @@ import pytest
 from aiohttp import ClientSession
 
 from origin.store import TitleStore
-from tests.conftest import TITLE
-from tests.control.conftest import PASSWORD, Stack, call, start_stack
+from tests.conftest import TITLE, publish_sample
+from tests.control.conftest import PASSWORD, Stack, appliance_config, call, start_stack
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -102,9 +102,8 @@ async def test_the_watch_page_explains_what_went_wrong(stack: Stack, browser) ->
 
 
 async def test_the_dashboard_shows_an_appliance_go_down_and_come_back(
-    stack: Stack, browser
+    stack: Stack, browser, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
-    from appliance.config import ApplianceConfig
     from appliance.server import create_app as create_appliance
     from streamcdn import service
     from streamcdn.tokens import SIGNATURE_HEADER, sign_body
@@ -136,11 +135,7 @@ async def test_the_dashboard_shows_an_appliance_go_down_and_come_back(
     await stack.stop("a1")
     assert await wait_fleet({"a1": "down"}, 5) < 5  # seen down within 5 s
     assert "down" in await page.inner_text("#appliance-a1")
-    config = ApplianceConfig(
-        id="a1", cache_dir=entry.cache_dir, upstreams=entry.upstreams,  # type: ignore[arg-type]
-        keys=stack.deployment.signing_keys, steering=stack.steering, url=entry.url,
-        heartbeat_interval_s=stack.deployment.heartbeat_interval_s,
-    )  # fmt: skip
+    config = appliance_config(stack.deployment, "a1", tmp_path)
     stack.running["a1"] = await service.start(
         create_appliance(config), host="127.0.0.1", port=entry.port, access_log=False
     )
@@ -165,15 +160,9 @@ async def test_the_dashboard_shows_an_appliance_go_down_and_come_back(
 def long_store(tmp_path_factory: pytest.TempPathFactory) -> TitleStore:
     """A 60 s title: longer than the page's forward buffer, so hls.js still fetches after
     an appliance dies."""
-    from media.sample import make_sample
-    from origin.ingest import ingest
-
-    root = tmp_path_factory.mktemp("long-store")
-    source = root / "long.mp4"
-    make_sample(source, duration_s=60.0, size=(640, 360), pattern="testsrc")
-    store = TitleStore(root / "store")
-    ingest(source, TITLE, store, name="Long test title")
-    return store
+    return publish_sample(
+        tmp_path_factory.mktemp("long-store"), TITLE, duration_s=60.0, size=(640, 360)
+    )
 
 
 async def test_killing_the_appliance_in_use_keeps_the_video_playing(

@@ -14,7 +14,7 @@ import pytest
 from origin.store import TitleStore
 from player.session import PlaySummary, play
 from streamcdn.tokens import sign, title_prefix
-from tests.conftest import TITLE
+from tests.conftest import TITLE, publish_sample
 from tests.control.conftest import start_stack
 
 PLAYERS = 50
@@ -22,15 +22,9 @@ PLAYERS = 50
 
 @pytest.fixture(scope="module")
 def long_store(tmp_path_factory: pytest.TempPathFactory) -> TitleStore:
-    from media.sample import make_sample
-    from origin.ingest import ingest
-
-    root = tmp_path_factory.mktemp("killed")
-    source = root / "long.mp4"
-    make_sample(source, duration_s=60.0, size=(320, 180), pattern="testsrc")
-    store = TitleStore(root / "store")
-    ingest(source, TITLE, store, name="Long")
-    return store
+    return publish_sample(
+        tmp_path_factory.mktemp("killed"), TITLE, duration_s=60.0, size=(320, 180)
+    )
 
 
 async def test_50_players_fail_over_without_a_stall(tmp_path: Path, long_store: TitleStore) -> None:

@@ -17,8 +17,6 @@ from aiohttp import ClientSession, web
 
 from appliance.config import ApplianceConfig
 from appliance.server import create_app as create_appliance
-from media.sample import make_sample
-from origin.ingest import ingest
 from origin.server import create_app as create_origin
 from origin.store import TitleStore
 from player.abr.base import AbrContext
@@ -38,7 +36,7 @@ from player.session import (
 from streamcdn import service
 from streamcdn.digest import digest_bytes, header_value
 from streamcdn.tokens import SigningKey, sign, title_prefix
-from tests.conftest import TITLE
+from tests.conftest import TITLE, publish_sample
 from tests.control.conftest import PASSWORD, sign_up_and_login, start_stack
 
 KEY = SigningKey.parse("k1:player-test-signing-key-0123")
@@ -241,12 +239,7 @@ LONG = "long"
 @pytest.fixture(scope="module")
 def long_store(tmp_path_factory: pytest.TempPathFactory) -> TitleStore:
     """A 40 s title at 320x180 (one rung and audio): long enough to buffer 10 s."""
-    tmp = tmp_path_factory.mktemp("long")
-    source = tmp / "long.mp4"
-    make_sample(source, duration_s=40.0, size=(320, 180), pattern="testsrc")
-    s = TitleStore(tmp / "store")
-    ingest(source, LONG, s, name="Long test title")
-    return s
+    return publish_sample(tmp_path_factory.mktemp("long"), LONG, duration_s=40.0, size=(320, 180))
 
 
 # -- pure parts -------------------------------------------------------------------------------
