@@ -287,6 +287,9 @@ def cmd_play(args: argparse.Namespace) -> None:
 
         plot_session(summary, args.plot)
     out = summary.to_json(timeline=False)
+    if not out["segments"] and not args.json:
+        errors = ", ".join(f"{k} x{n}" for k, n in out["errors"].items()) or "none"
+        raise UserError(f"played nothing in {out['wall_s']:.1f} s (errors: {errors})")
     if args.json:
         print(json.dumps(out))
         return

@@ -39,3 +39,9 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
     ):
         res = run("simulate", *args)
         assert res.returncode == 1 and fragment in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_play_of_an_unreachable_url_is_one_clear_error() -> None:
+    res = run("play", "http://127.0.0.1:9/titles/x/master.m3u8", "--duration", "1")
+    assert res.returncode == 1 and res.stderr.count("\n") == 1
+    assert "played nothing" in res.stderr and "connection" in res.stderr
