@@ -17,6 +17,13 @@ reference rules fail on real networks:
    buffer left at the end of the horizon (``buffer_value`` per second, up to
    ``buffer_target_s``): a plan that drains the buffer to win bitrate now pays for the
    stalls it sets up after the horizon, which a 5-segment horizon alone cannot see.
+   Near the end of a title that value fades: buffer still held when the last segment
+   is in is bandwidth the title never used (with a 40 s buffer at the end of a 192 s
+   title, a fifth of it), so buffer is worth nothing beyond the media left after the
+   horizon plus a safety margin. The margin is learned from the session's own network:
+   ``end_margin_s`` times its volatility, 1 - (slowest / mean) of the recent downloads,
+   so a steady link spends its buffer on bitrate towards the end and a link with
+   outages keeps enough to ride one out.
 3. **Latency.** Each download's round trip is estimated from the fastest recent
    download (time minus bytes at the planned throughput) and added to every planned
    fetch, so small segments on high-latency links are not over-estimated.
@@ -57,6 +64,8 @@ class Ours:
     buffer_target_s: float = 40.0  # buffer beyond this is worth nothing more
     floor_factor: float = 1.0  # near the stall line, plan with the slowest recent download
     short_buffer_s: float = 8.0  # ... when the buffer is below this
+    end_margin_s: float = 40.0  # buffer kept at the end per unit of volatility
+    volatility_window: int = 20  # downloads the volatility is measured over
 
     def initial_state(self) -> OursState:
         return OursState()
@@ -75,10 +84,12 @@ class Ours:
         if ctx.buffer_s < self.short_buffer_s:
             estimate = min(estimate, self.floor_factor * min(samples[-3:]))
         latency_s = _latency(ctx.downloads[-self.window :], harmonic)
-        index = self._plan(ctx, estimate, latency_s)
+        recent = [_kbps(d) for d in ctx.downloads[-self.volatility_window :] if d.duration_s > 0]
+        margin_s = self.end_margin_s * _volatility(recent)
+        index = self._plan(ctx, estimate, latency_s, margin_s)
         return index, OursState(state.predictions, pending=estimate)
 
-    def _plan(self, ctx: AbrContext, kbps: float, latency_s: float) -> int:
+    def _plan(self, ctx: AbrContext, kbps: float, latency_s: float, margin_s: float) -> int:
         rungs = len(ctx.bitrates_kbps)
         left = (
             ctx.segments_total - ctx.segment_index
@@ -102,7 +113,10 @@ class Ours:
             rate = mbps[plans[step]]
             score += rate - REBUFFER_PENALTY * stall - np.abs(rate - previous)
             previous = rate
-        score += self.buffer_value * np.minimum(buffer, self.buffer_target_s)
+        target_s = self.buffer_target_s
+        if ctx.segments_total is not None:  # buffer left when the title is all in is waste
+            target_s = min(target_s, (left - horizon) * ctx.segment_s + margin_s)
+        score += self.buffer_value * np.minimum(buffer, target_s)
         best = int(np.argmax(score))  # ties: the first, i.e. the lower first rung
         return int(plans[0, best])
 
@@ -127,6 +141,13 @@ MIN_DURATION_S = 1e-3  # a download measured faster than this is timed at this
 
 def _kbps(d: Download) -> float:
     return d.bytes * 8 / 1000 / max(d.duration_s, MIN_DURATION_S)
+
+
+def _volatility(kbps: list[float]) -> float:
+    """0 for a steady link, towards 1 for one whose slowest download nears a stop."""
+    if len(kbps) < 2 or sum(kbps) <= 0:
+        return 1.0  # nothing known yet: assume the worst
+    return 1.0 - min(kbps) / (sum(kbps) / len(kbps))
 
 
 def _latency(downloads: tuple[Download, ...] | list[Download], kbps: float) -> float:

@@ -51,6 +51,15 @@ def test_a_deep_buffer_buys_a_higher_rung_than_a_shallow_one() -> None:
     assert choose(ctx(35.0, samples)) >= choose(ctx(4.0, samples))
 
 
+def test_near_the_end_a_steady_link_spends_its_buffer_and_a_volatile_one_keeps_it() -> None:
+    steady = [1500.0, 1450.0, 1550.0, 1500.0, 1480.0] * 4
+    mid = choose(ctx(40.0, steady, segment_index=20))
+    end = choose(ctx(40.0, steady, segment_index=42))  # 6 segments (24 s) left
+    assert end > mid  # the buffer held at the end would be bandwidth never used
+    outages = [1500.0, 1450.0, 40.0, 1500.0, 1480.0] * 4  # a near stop now and then
+    assert choose(ctx(40.0, outages, segment_index=42)) < end
+
+
 def test_known_segment_sizes_are_used() -> None:
     # The next segments at the top rung are tiny (a still scene): affordable now.
     sizes = tuple((1000, 2000, 3000, 4000, 5000, 6000) for _ in range(5))
