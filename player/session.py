@@ -191,6 +191,16 @@ def _load_m3u8(text: str, where: str) -> Any:
         raise PlayerError(f"{where}: malformed playlist: {exc}") from None
 
 
+def _checked_uri(uri: str, where: str) -> str:
+    """``uri`` if it parses as a URL reference; urllib raises ValueError on some that do
+    not (``http://[::1``), which would otherwise escape the parser as a crash."""
+    try:
+        urllib.parse.urlsplit(uri)
+    except ValueError as exc:
+        raise PlayerError(f"{where}: URI {uri[:80]!r}: {exc}") from None
+    return uri
+
+
 def _rendition_name(path: str, fallback: str) -> str:
     parts = urllib.parse.urlsplit(path).path.split("/")
     name = parts[-2] if len(parts) >= 2 else ""
@@ -210,6 +220,7 @@ def parse_master(text: str, where: str = "master playlist") -> Master:
             raise PlayerError(
                 f"{where}: variant {v.uri!r}: expected BANDWIDTH > 0, got {bandwidth!r}"
             )
+        _checked_uri(v.uri, where)
         average = v.stream_info.average_bandwidth
         height = v.stream_info.resolution[1] if v.stream_info.resolution else None
         name = _rendition_name(v.uri, f"{height}p" if height else f"v{len(variants)}")
@@ -229,7 +240,8 @@ def parse_master(text: str, where: str = "master playlist") -> Master:
         group = [x for x in m.media if x.type == "AUDIO" and x.group_id == audio_group and x.uri]
         chosen = next((x for x in group if x.default == "YES"), group[0] if group else None)
         if chosen is not None:
-            audio = Rendition(_rendition_name(chosen.uri, "audio"), chosen.uri, 1)
+            uri = _checked_uri(chosen.uri, where)
+            audio = Rendition(_rendition_name(uri, "audio"), uri, 1)
     return Master(tuple(ladder), audio)
 
 
@@ -250,9 +262,12 @@ def parse_media(
             )
         if not s.uri:
             raise PlayerError(f"{where}: segment {i} has no URI")
+        _checked_uri(s.uri, where)
         bitrate = s.bitrate  # kbit/s (8216bis 4.4.4.8)
         size = round(bitrate * 125 * duration) if isinstance(bitrate, int) and bitrate > 0 else None
         init = s.init_section.uri if s.init_section is not None and s.init_section.uri else None
+        if init:
+            _checked_uri(init, where)
         segments.append(
             Segment(
                 urllib.parse.urljoin(path, s.uri),

@@ -33,6 +33,7 @@ MAX_FILE_BYTES = 50 * 1024 * 1024  # larger is not a trace (the biggest shared o
 TEXT_LATENCY_MS = 80.0
 MAHIMAHI_PACKET_BYTES = 1500
 MAHIMAHI_PERIOD_MS = 1000  # packets are counted per second, like the Pensieve cooked traces
+MAHIMAHI_MAX_DIGITS = 15  # 10**15 ms is 31,000 years
 MAHIMAHI_SUFFIXES = (".down", ".up", ".mahi", ".mahimahi")
 SKIPPED_SUFFIXES = (".md",)  # README.md beside the traces
 
@@ -196,7 +197,7 @@ def _parse_sabre(path: Path, text: str) -> list[Period]:
         except (ValueError, RecursionError) as exc:  # a 5,000-digit number, deep nesting
             raise TraceError(path, line, f"bad JSON: {str(exc)[:60]}") from None
         if not isinstance(entry, dict):
-            raise TraceError(path, line, f"a period must be an object, got {str(entry)[:40]}")
+            raise TraceError(path, line, f"a period must be an object, got {entry!r:.40}")
         values = []
         for key in ("duration_ms", "bandwidth_kbps", "latency_ms"):
             if key not in entry:
@@ -242,6 +243,8 @@ def _parse_mahimahi(path: Path, text: str) -> list[Period]:
     for n, fields in _data_lines(text):
         if len(fields) != 1 or not (fields[0].isascii() and fields[0].isdecimal()):
             raise TraceError(path, n, f"expected one millisecond timestamp, got {fields[:3]}")
+        if len(fields[0]) > MAHIMAHI_MAX_DIGITS:  # int() and float division would overflow
+            raise TraceError(path, n, f"a timestamp of {len(fields[0])} digits is too large")
         ms = int(fields[0])
         if stamps and ms < stamps[-1]:
             raise TraceError(path, n, f"timestamp {ms} is before {stamps[-1]}")

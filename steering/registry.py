@@ -18,6 +18,7 @@ cannot put an older heartbeat over a newer one (no lost update, whatever the ord
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -219,6 +220,11 @@ def fleet_view(
 
 
 def _number(value: object) -> float:
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == value:
-        return float(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer past a double (JSON allows it)
+            return 0.0
+        if math.isfinite(number):
+            return number
     return 0.0

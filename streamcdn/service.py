@@ -13,6 +13,7 @@ import bisect
 import itertools
 import json
 import logging
+import math
 import signal
 import ssl
 import sys
@@ -214,13 +215,26 @@ async def _plumbing(request: web.Request, handler: Handler) -> web.StreamRespons
     return response
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:20]} overflows a double")
+    return value
+
+
+def _not_json(constant: str) -> float:
+    raise ValueError(f"{constant} is not JSON")
+
+
 async def json_body(request: web.Request, *, what: str = "the body") -> Any:
     """The request's body parsed as JSON; 400 (never a 500) for anything that is not JSON,
-    including nesting deep enough to exhaust the parser's recursion. Over the app's
-    client_max_size, aiohttp answers 413 first."""
+    including nesting deep enough to exhaust the parser's recursion, and NaN, Infinity or
+    a number past a double (Python reads them; RFC 8259 section 6 has no such numbers,
+    and echoed back in /fleet they would break every browser's JSON.parse). Over the
+    app's client_max_size, aiohttp answers 413 first."""
     body = await request.read()
     try:
-        return json.loads(body)
+        return json.loads(body, parse_float=_finite, parse_constant=_not_json)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise web.HTTPBadRequest(text=f"{what} is not JSON") from None
 
