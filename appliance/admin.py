@@ -4,6 +4,11 @@
 tells its progress (the ``streamcdn fill`` command polls it for its progress bar).
 Fills run under the appliance's background budget and a byte-rate cap, so they never
 crowd out players.
+
+``/admin/chaos`` injects failures on purpose (``streamcdn loadtest --chaos``, Netflix's
+FIT and Chaos Monkey): a delay on every upstream fill, heartbeats withheld, or the
+process killed outright. Like the rest of this API it needs the admin key, and with no
+admin key configured it is off.
 """
 
 from __future__ import annotations
@@ -12,6 +17,9 @@ import asyncio
 import hmac
 import itertools
 import logging
+import math
+import os
+import signal
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -35,6 +43,25 @@ DEFAULT_RATE_MBPS = 400.0
 MAX_JOBS_KEPT = 100
 MANIFEST = "manifest.json"
 APPLIANCE_KEY: web.AppKey[Any] = web.AppKey("admin_appliance")
+MAX_UPSTREAM_DELAY_MS = 60_000.0
+KILL_AFTER_S = 0.1  # time for the 202 to leave before the process dies
+CHAOS_FIELDS = ("drop_heartbeats", "kill", "upstream_delay_ms")
+
+
+@dataclass
+class Chaos:
+    """The failure-injection switches; all off until ``POST /admin/chaos`` turns one on."""
+
+    upstream_delay_ms: float = 0.0  # before each upstream fill request
+    drop_heartbeats: bool = False  # steering then counts the appliance down
+
+    @property
+    def upstream_delay_s(self) -> float:
+        return self.upstream_delay_ms / 1000
+
+    def active(self) -> dict[str, Any]:
+        """The switches that are on (empty when none is)."""
+        return {k: v for k, v in asdict(self).items() if v != getattr(Chaos, k)}
 
 
 @dataclass
@@ -55,11 +82,16 @@ class FillJob:
 
 def _authorize(request: web.Request) -> None:
     appliance: Appliance = request.app[APPLIANCE_KEY]
-    expected = appliance.config.admin_key
-    if expected is None:
+    config = appliance.config
+    if config.admin_key is None:
         raise web.HTTPForbidden(text="admin API disabled: no --admin-key configured")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme != "Bearer" or not hmac.compare_digest(given.strip().encode(), expected.encode()):
+    # Every accepted key is compared, in constant time each, while the admin key rotates.
+    matches = [
+        hmac.compare_digest(given.strip().encode(), key.encode())
+        for key in (config.admin_key, *config.previous_admin_keys)
+    ]
+    if scheme != "Bearer" or not any(matches):
         raise web.HTTPUnauthorized(text="admin key required: Authorization: Bearer <key>")
 
 
@@ -215,6 +247,54 @@ class Admin:
                     t["bytes"] += size
         return web.json_response({"titles": dict(sorted(titles.items()))})
 
+    async def get_chaos(self, request: web.Request) -> web.Response:
+        _authorize(request)
+        return web.json_response(asdict(self.appliance.chaos))
+
+    async def set_chaos(self, request: web.Request) -> web.Response:
+        """Turn switches on or off: the fields given change, the others stay as they are."""
+        _authorize(request)
+        body = await self._json(request)
+        unknown = sorted(set(body) - set(CHAOS_FIELDS))
+        if unknown:
+            raise web.HTTPBadRequest(
+                text=f"unknown field {unknown[0]!r}; known: {', '.join(CHAOS_FIELDS)}"
+            )
+        if not body:
+            raise web.HTTPBadRequest(text=f"nothing to change; give one of {CHAOS_FIELDS}")
+        if "kill" in body:
+            if body != {"kill": True}:
+                raise web.HTTPBadRequest(text='"kill": true, and alone')
+            log.warning("chaos: killing this process (SIGKILL)", extra={"pid": os.getpid()})
+            # Abrupt on purpose, like a power cut: no cleanup, no goodbye to steering.
+            asyncio.get_running_loop().call_later(
+                KILL_AFTER_S, os.kill, os.getpid(), signal.SIGKILL
+            )
+            return web.json_response({"killing": True, "pid": os.getpid()}, status=202)
+        delay = body.get("upstream_delay_ms", self.appliance.chaos.upstream_delay_ms)
+        if (
+            isinstance(delay, bool)
+            or not isinstance(delay, int | float)
+            or not math.isfinite(delay)
+            or not 0 <= delay <= MAX_UPSTREAM_DELAY_MS
+        ):
+            most = f"{MAX_UPSTREAM_DELAY_MS:.0f}"
+            raise web.HTTPBadRequest(
+                text=f'"upstream_delay_ms": a number 0..{most}, got {delay!r:.40}'
+            )
+        drop = body.get("drop_heartbeats", self.appliance.chaos.drop_heartbeats)
+        if not isinstance(drop, bool):
+            raise web.HTTPBadRequest(text=f'"drop_heartbeats": true or false, got {drop!r:.40}')
+        self.appliance.chaos = Chaos(upstream_delay_ms=float(delay), drop_heartbeats=drop)
+        log.warning("chaos switches set", extra=asdict(self.appliance.chaos))
+        return web.json_response(asdict(self.appliance.chaos))
+
+    async def clear_chaos(self, request: web.Request) -> web.Response:
+        _authorize(request)
+        self.appliance.chaos = Chaos()
+        log.warning("chaos switches cleared")
+        return web.json_response(asdict(self.appliance.chaos))
+
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
@@ -228,4 +308,7 @@ def add_routes(app: web.Application, appliance: Appliance) -> Admin:
     app.router.add_get("/admin/fill/{job}", admin.fill_status)
     app.router.add_delete("/admin/cache/titles/{title}", admin.purge)
     app.router.add_get("/admin/cache", admin.listing)
+    app.router.add_get("/admin/chaos", admin.get_chaos)
+    app.router.add_post("/admin/chaos", admin.set_chaos)
+    app.router.add_delete("/admin/chaos", admin.clear_chaos)
     return admin

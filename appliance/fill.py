@@ -3,6 +3,8 @@
 Every client that wants an object being fetched streams from that one fetch while it
 arrives (read-while-writer), so the 100th waiter's first byte comes as soon as the
 first's. The fetch is its own task: it goes on if the client that started it leaves.
+A fill that has no headers when a waiter's lock timeout runs out is replaced by a fresh
+one (``Filler.take_over``), which the other waiters join and which is cached.
 
 Nothing wrong is ever delivered whole: the body is checked against the upstream's
 length and ``X-Content-Digest`` when it ends, and until then the final byte is held
@@ -57,6 +59,7 @@ class Fill:
         self._chunks: list[bytes] = []
         self._starts: list[int] = []  # offset of each chunk
         self.received = 0
+        self.replaced_by: Fill | None = None  # set when a waiter gave up on this fill
         self._headers = asyncio.Event()
         self._wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -73,15 +76,20 @@ class Fill:
         self._headers.set()
         self._notify()
 
-    async def run(self, upstreams: Upstreams) -> None:
+    async def run(self, upstreams: Upstreams, delay_s: float = 0.0) -> None:
         try:
+            if delay_s > 0:  # chaos: a slow upstream network (POST /admin/chaos)
+                await asyncio.sleep(delay_s)
             await self._fetch(upstreams)
         except FillError as exc:
             self._fail(exc)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._fail(FillError(502, f"upstream failed mid-body: {type(exc).__name__}"))
         except asyncio.CancelledError:
-            self._fail(FillError(503, "appliance shutting down"))
+            if self.replaced_by is not None:
+                self._fail(FillError(504, "upstream did not answer; fill replaced"))
+            else:
+                self._fail(FillError(503, "appliance shutting down"))
             raise
         except Exception as exc:  # never leave waiters hanging
             log.exception("fill crashed", extra={"key": self.key})
@@ -98,13 +106,23 @@ class Fill:
         try:
             self.meta = _meta_from(self.key, resp)
             self._headers.set()
-            async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
-                if self.received + len(chunk) > self.meta.size:
-                    raise FillError(502, "upstream sent more bytes than Content-Length")
-                self._starts.append(self.received)
-                self._chunks.append(chunk)
-                self.received += len(chunk)
-                self._notify()
+            head_at = asyncio.get_running_loop().time()
+            try:
+                async with asyncio.timeout_at(upstreams.body_deadline(head_at, 0)) as deadline:
+                    async for chunk in resp.content.iter_chunked(CHUNK_BYTES):
+                        if self.received + len(chunk) > self.meta.size:
+                            raise FillError(502, "upstream sent more bytes than Content-Length")
+                        self._starts.append(self.received)
+                        self._chunks.append(chunk)
+                        self.received += len(chunk)
+                        deadline.reschedule(upstreams.body_deadline(head_at, self.received))
+                        self._notify()
+            except TimeoutError:
+                if not deadline.expired():
+                    raise  # aiohttp's own read timeout
+                raise FillError(
+                    502, f"upstream body slower than {upstreams.min_body_bps:.0f} B/s"
+                ) from None
             if self.received != self.meta.size:
                 raise FillError(502, f"upstream body truncated at {self.received} bytes")
             data = b"".join(self._chunks)
@@ -120,6 +138,13 @@ class Fill:
         self._notify()
 
     # -- the reading side ----------------------------------------------------------
+
+    def latest(self) -> Fill:
+        """This fill, or the one that replaced it (and so on)."""
+        fill = self
+        while fill.replaced_by is not None:
+            fill = fill.replaced_by
+        return fill
 
     async def wait_headers(self, timeout_s: float) -> bool:
         """True once the upstream's headers (or a failure) are in; False after the timeout."""
@@ -158,6 +183,8 @@ class Fill:
         while self.state is State.RUNNING:
             await asyncio.shield(self._wake)
         if self.state is State.FAILED:
+            if self.replaced_by is not None:
+                return await self.replaced_by.wait_done()
             assert self.error is not None
             raise self.error
         assert self.data is not None
@@ -197,12 +224,15 @@ class Filler:
         *,
         on_filled: Callable[[ObjectMeta, bytes], None],
         negative_ttl_s: float,
+        upstream_delay_s: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self.upstreams = upstreams
+        self._upstream_delay_s = upstream_delay_s
         self._on_filled = on_filled
         self._negative_ttl_s = negative_ttl_s
         self.fills: dict[str, Fill] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._running: dict[Fill, asyncio.Task[None]] = {}
+        self.replaced = 0  # stuck fills replaced since start
         self._missing: dict[str, float] = {}  # key or "title:<id>" -> until (monotonic)
 
     def known_missing(self, key: str, now: float) -> bool:
@@ -227,27 +257,43 @@ class Filler:
         fill = self.fills.get(key)
         if fill is not None:
             return fill, False
-        fill = self._start(key, shared=True)
-        return fill, True
+        return self._start(key), True
 
-    def bypass(self, key: str) -> Fill:
-        """A private fetch that is never cached: for clients a stuck fill has kept waiting."""
-        return self._start(key, shared=False)
+    def take_over(self, stuck: Fill) -> tuple[Fill, bool]:
+        """A waiter gave up on ``stuck`` (no headers within the lock timeout): cancel it and
+        start a fresh fill in its place, which every later request joins and which is
+        cached. Coalescing holds: only the first waiter to give up replaces it, the others
+        join the replacement. Returns (the fill to wait on, True if this call replaced)."""
+        if stuck.replaced_by is not None:  # another waiter gave up first
+            return stuck.latest(), False
+        if self.fills.get(stuck.key) is not stuck or stuck.meta is not None:
+            return stuck, False  # detached by a purge, or it answered after all
+        fresh = stuck.replaced_by = self._start(stuck.key)
+        self._running[stuck].cancel()
+        self.replaced += 1
+        log.warning("fill replaced: no upstream answer in time", extra={"key": stuck.key})
+        return fresh, True
 
-    def _start(self, key: str, *, shared: bool) -> Fill:
-        fill = Fill(key)
-        if shared:
-            self.fills[key] = fill
-        task = asyncio.create_task(self._run(fill, shared))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def detach(self, title: str) -> None:
+        """After a purge: fills of ``title`` in flight finish for their waiters, uncached,
+        and the next request starts a fresh one."""
+        for key in [k for k in self.fills if k.startswith(f"titles/{title}/")]:
+            del self.fills[key]
+
+    def _start(self, key: str) -> Fill:
+        fill = self.fills[key] = Fill(key)
+        self._running[fill] = asyncio.create_task(self._run(fill))
         return fill
 
-    async def _run(self, fill: Fill, shared: bool) -> None:
-        await fill.run(self.upstreams)
-        if shared and self.fills.get(fill.key) is fill:
+    async def _run(self, fill: Fill) -> None:
+        try:
+            await fill.run(self.upstreams, self._upstream_delay_s())
+        finally:
+            del self._running[fill]
+        owned = self.fills.get(fill.key) is fill  # not replaced, nor detached by a purge
+        if owned:
             del self.fills[fill.key]
-        if fill.state is State.DONE and shared and fill.meta and fill.data is not None:
+        if fill.state is State.DONE and owned and fill.meta and fill.data is not None:
             self._on_filled(fill.meta, fill.data)
         elif fill.error is not None and fill.error.status == 404:
             until = time.monotonic() + self._negative_ttl_s
@@ -256,6 +302,7 @@ class Filler:
                 self._missing[f"title:{fill.key.split('/', 2)[1]}"] = until
 
     async def close(self) -> None:
-        for task in list(self._tasks):
+        tasks = list(self._running.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)

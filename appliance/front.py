@@ -58,6 +58,7 @@ _READ = {b"range": "Range", b"if-none-match": "If-None-Match", b"if-range": "If-
 _SINGLE = {b"host", b"connection", b"authorization", *_READ}
 _HAND_OVER = {b"content-length", b"transfer-encoding", b"expect", b"upgrade"}
 _REASONS = {200: "OK", 206: "Partial Content", 304: "Not Modified", 416: "Range Not Satisfiable"}
+SHED_BODY = b"overloaded; retry"  # the same 503 as the slow path's (Appliance.serve)
 _ROUTES = {True: "/s/{token}/titles/{title}/{path}", False: "/titles/{title}/{path}"}
 JOIN_BELOW_BYTES = 64 * 1024  # smaller bodies leave in the same write as the head
 
@@ -181,6 +182,8 @@ class FrontProtocol(asyncio.Protocol):
         self.write_paused = False
         self._drained: asyncio.Future[None] | None = None
         self._out: socket.socket | None = None  # a dup of the socket, for os.sendfile
+        self._limits: tuple[int, int] | None = None  # the transport's write buffer limits
+        self._slot_since: float | None = None  # a memory answer not yet sent holds a slot
         self._last_done = time.monotonic()
         self._idle_timer: asyncio.TimerHandle | None = None
         self._stall_timer: asyncio.TimerHandle | None = None
@@ -195,6 +198,10 @@ class FrontProtocol(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         peer = transport.get_extra_info("peername")
         self.remote = peer[0] if isinstance(peer, tuple) else None
+        # pause_writing whenever anything is left unsent, resume_writing once it has all
+        # gone: a memory answer holds its limiter slot until then (_hold_slot).
+        self._limits = transport.get_write_buffer_limits()  # type: ignore[attr-defined]
+        transport.set_write_buffer_limits(high=0)  # type: ignore[attr-defined]
         self.front.connections.add(self)
         self._arm_idle(self.front.keepalive_timeout_s)
 
@@ -212,6 +219,7 @@ class FrontProtocol(asyncio.Protocol):
         return True  # keep the transport open for the answers
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._release_slot()
         self._detach()
         if self._drained is not None and not self._drained.done():
             self._drained.set_exception(ConnectionResetError("client went away"))
@@ -225,6 +233,7 @@ class FrontProtocol(asyncio.Protocol):
         if self._stall_timer is not None:
             self._stall_timer.cancel()
             self._stall_timer = None
+        self._release_slot()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
         self._process()
@@ -269,30 +278,73 @@ class FrontProtocol(asyncio.Protocol):
             grant = verify(token, key, keys=appliance.keys, now=time.time(), client_ip=self.remote)
             if isinstance(grant, TokenError):
                 return False  # aiohttp's path answers 403 with the reason
+        route = _ROUTES[m.group(1) is not None]
+        if not appliance.limiter.try_acquire():
+            # Shed here, before the lookup and not through aiohttp: under overload a 503
+            # must cost far less than the answer it replaces, and the connection stays on
+            # the fast path for its next request.
+            del self.buf[: request.head_len]
+            self._shed(request, route, started)
+            return True
         hit = appliance.find_hit(key, request.headers)
         if hit is None:
+            appliance.limiter.cancel()  # aiohttp's path takes it, and a slot of its own
             return False
         fd = None
         if hit.entry is not None and hit.status in (200, 206) and request.method == "GET":
             try:
                 fd = os.open(hit.entry.path, os.O_RDONLY | os.O_CLOEXEC)
             except FileNotFoundError:
+                appliance.limiter.cancel()
                 appliance.moved(hit.entry)  # evicted since the lookup: aiohttp's path fills it
                 return False
-        if not appliance.limiter.try_acquire():
-            if fd is not None:
+            if not appliance.unchanged(hit.entry, fd):  # rewritten since its check
                 os.close(fd)
-            return False  # aiohttp's path sheds it with 503 and Retry-After
+                appliance.limiter.cancel()
+                return False  # aiohttp's path checks it again before a byte leaves
         del self.buf[: request.head_len]
         appliance.read_ahead_after(key)
-        route = _ROUTES[m.group(1) is not None]
         if fd is not None:
             self._send_disk(request, hit, fd, route, started)
         else:
             nbytes = self._send_memory(request, hit)
-            appliance.limiter.release(time.monotonic() - started, time.monotonic())
+            self._hold_slot(started)
             self._done(request, hit, route, nbytes, started)
         return True
+
+    def _hold_slot(self, started: float) -> None:
+        """Keep a memory answer's limiter slot until the answer has left the process (as a
+        disk answer does until sendfile ends): releasing it at write() would count a 2 MB
+        answer still queued behind a slow socket as done, and nothing would ever be shed."""
+        assert self.transport is not None
+        self._slot_since = started
+        if not self.transport.get_write_buffer_size():
+            self._release_slot()
+        # else resume_writing (or connection_lost) releases it
+
+    def _release_slot(self) -> None:
+        if self._slot_since is not None:
+            now = time.monotonic()
+            self.appliance.limiter.release(now - self._slot_since, now)
+            self._slot_since = None
+
+    def _shed(self, request: Request, route: str, started: float) -> None:
+        """Answer 503 with Retry-After (RFC 9110 15.6.4, 10.2.3): the limiter is full."""
+        assert self.transport is not None
+        close = request.close or self.front.closing
+        lines = [
+            "HTTP/1.1 503 Service Unavailable",
+            f"Date: {self.front.date.now()}",
+            "Content-Type: text/plain; charset=utf-8",
+            f"Content-Length: {len(SHED_BODY)}",
+            *(f"{k}: {v}" for k, v in self.appliance.shed().items()),
+            *(["Connection: close"] if close else []),
+        ]
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        self.transport.write(head if request.method == "HEAD" else head + SHED_BODY)
+        self._log(request, route, 503, 0, started)
+        if close:
+            self.close()
 
     def _head(self, hit: Hit, close: bool) -> bytes:
         length = "" if hit.status == 304 else f"Content-Length: {hit.length}\r\n"
@@ -381,20 +433,21 @@ class FrontProtocol(asyncio.Protocol):
         self._done(request, hit, route, hit.length, started)
 
     def _done(self, request: Request, hit: Hit, route: str, nbytes: int, started: float) -> None:
-        now = time.monotonic()
         self.appliance.sent(hit, nbytes)
-        service.count_request(
-            self.front.app, route, request.method, hit.status, nbytes, now - started
-        )
+        self._log(request, route, hit.status, nbytes, started)
+        if request.close or self.front.closing:
+            self.close()
+
+    def _log(self, request: Request, route: str, status: int, nbytes: int, started: float) -> None:
+        now = time.monotonic()
+        service.count_request(self.front.app, route, request.method, status, nbytes, now - started)
         if self.front.access_log is not None:
             path = request.target.decode("ascii")
             service.log_access(
-                self.front.access_log, request.method, path, hit.status, nbytes, now - started,
+                self.front.access_log, request.method, path, status, nbytes, now - started,
                 self.remote,
             )  # fmt: skip
         self._last_done = now
-        if request.close or self.front.closing:
-            self.close()
 
     # -- output plumbing ------------------------------------------------------------------
 
@@ -438,6 +491,9 @@ class FrontProtocol(asyncio.Protocol):
             return
         data = bytes(self.buf)
         self._detach()
+        if self._limits is not None:
+            low, high = self._limits
+            transport.set_write_buffer_limits(high=high, low=low)
         protocol = factory()
         transport.set_protocol(protocol)
         protocol.connection_made(transport)

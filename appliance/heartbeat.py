@@ -38,11 +38,17 @@ async def heartbeat_loop(
     *,
     url: str,
     interval_s: float = INTERVAL_S,
+    paused: Callable[[], bool] = lambda: False,
 ) -> None:
+    """Post ``health()`` to steering every ``interval_s``; none while ``paused()`` (chaos:
+    POST /admin/chaos {"drop_heartbeats": true}), so steering counts the appliance down."""
     target = f"{steering.rstrip('/')}/heartbeat"
     last_warning = 0.0
     sent = failed = 0
     while True:
+        if paused():
+            await asyncio.sleep(interval_s)
+            continue
         body = heartbeat_body(health(), url=url, now=time.time())
         headers = {"Content-Type": "application/json"}
         if key is not None:

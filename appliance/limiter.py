@@ -31,12 +31,24 @@ times the long RTT, and the long RTT slowly follows a lasting latency change (ov
 ``long_rtt_windows`` windows), which also lets the limit creep up under overload that
 lasts that long. The first windows set the long RTT: start at or below the capacity.
 
-Pure: the caller passes each request's RTT and ``now``; nothing here reads a clock.
+A concurrency limit cannot see one kind of overload: a single-threaded server whose CPU
+is saturated. Its requests are answered as soon as they are read, so few are ever in
+flight; the queue is in the kernel (requests not read yet) and in front of the clients.
+What grows instead is the event loop's delay: how late a timer fires, about the time a
+newly arrived request waits to be read. ``LagShedder`` sheds a fraction of requests that
+follows that delay, with PIE's controller (RFC 8033 4.2) in place of a queue's delay:
+the fraction rises while the delay is above ``lag_target_s`` and falls below it, so the
+loop keeps up with arrivals, and a 503 costs a small fraction of the answer it replaces.
+``try_acquire`` refuses a request when either says so.
+
+Pure: the caller passes each request's RTT, the loop's delay and ``now``; nothing here
+reads a clock.
 """
 
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -49,6 +61,17 @@ LONG_RTT_RECOVERY_RATIO = 2.0
 LONG_RTT_RECOVERY_DECAY = 0.9
 MIN_GRADIENT = 0.5  # one noisy window may at most halve the limit
 MIN_RTT_S = 1e-6  # below this a latency is clock noise
+# PIE (RFC 8033 4.2): the shed fraction changes by alpha x (delay - target) + beta x (delay
+# - previous delay) per update of PIE_UPDATE_S, in 1/s; the alpha term scales with the time
+# since the last update, since a busy loop measures its delay less often.
+PIE_ALPHA = 0.125
+PIE_BETA = 1.25
+PIE_UPDATE_S = 0.015
+PIE_DECAY = 0.98  # per update while the loop is idle, as RFC 8033 does with no queue
+# The delay PIE sees is the least of the last few samples, as CoDel looks at the least
+# delay over an interval: one stall (a GC pause, the CPU taken by another process) is not
+# a standing queue; a saturated loop is late every time.
+LAG_SAMPLES = 3
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,9 @@ class LimiterConfig:
     aimd_backoff_ratio: float = 0.9  # limit multiplied by this after a congested window
     aimd_rtt_threshold_s: float = 2.0  # a window averaging slower than this is congested
     retry_after_max_s: int = 30
+    # shedding on the event loop's delay (LagShedder)
+    lag_target_s: float = 0.02  # loop delay to hold under saturation; ~ the added latency
+    max_shed_fraction: float = 0.95  # some requests always get in, and measure the way out
 
     def __post_init__(self) -> None:
         checks = (
@@ -90,6 +116,8 @@ class LimiterConfig:
             ("aimd_backoff_ratio", 0.5 <= self.aimd_backoff_ratio < 1, "in [0.5, 1)"),
             ("aimd_rtt_threshold_s", self.aimd_rtt_threshold_s > 0, "more than 0"),
             ("retry_after_max_s", self.retry_after_max_s >= 1, "at least 1"),
+            ("lag_target_s", self.lag_target_s > 0, "more than 0"),
+            ("max_shed_fraction", 0 <= self.max_shed_fraction < 1, "in [0, 1)"),
         )
         for name, ok, rule in checks:
             if not ok:
@@ -175,6 +203,45 @@ ALGORITHMS: dict[str, Callable[[LimiterConfig], LimitAlgorithm]] = {
 }
 
 
+class LagShedder:
+    """The fraction of requests to shed, from the event loop's delay (PIE, RFC 8033)."""
+
+    def __init__(self, config: LimiterConfig) -> None:
+        self._config = config
+        self.fraction = 0.0
+        self.lag_s = 0.0  # the delay PIE last saw
+        self._recent: deque[float] = deque(maxlen=LAG_SAMPLES)
+        self._last_at: float | None = None
+        self._credit = 0.0
+
+    def observe(self, lag_s: float, now: float) -> None:
+        """A timer due at ``now - lag_s`` ran at ``now``."""
+        if not lag_s >= 0 or math.isinf(lag_s):
+            raise ValueError(f"lag_s = {lag_s!r}: must be a finite number of seconds >= 0")
+        cfg = self._config
+        self._recent.append(lag_s)
+        delay_s = min(self._recent)
+        elapsed_s = PIE_UPDATE_S if self._last_at is None else max(0.0, now - self._last_at)
+        step = PIE_ALPHA * (delay_s - cfg.lag_target_s) * elapsed_s / PIE_UPDATE_S
+        step += PIE_BETA * (delay_s - self.lag_s)
+        fraction = self.fraction + step
+        if delay_s < cfg.lag_target_s / 2 and self.lag_s < cfg.lag_target_s / 2:
+            fraction *= PIE_DECAY
+        self.fraction = min(max(fraction, 0.0), cfg.max_shed_fraction)
+        self.lag_s, self._last_at = delay_s, now
+
+    def shed(self) -> bool:
+        """Whether to refuse the next request: exactly ``fraction`` of them, evenly spread
+        (a running credit, not a coin: no runs of refusals, and the tests are exact)."""
+        self._credit += self.fraction
+        if self._credit >= 1.0:
+            self._credit -= 1.0
+            return True
+        if not self.fraction:
+            self._credit = 0.0
+        return False
+
+
 class AdaptiveLimiter:
     """Admission for one appliance: ``try_acquire`` before serving, ``release`` after."""
 
@@ -186,6 +253,7 @@ class AdaptiveLimiter:
         self.algorithm = algorithm
         self._estimator = ALGORITHMS[algorithm](self.config)
         self._estimate = float(self.config.initial_limit)
+        self._lag = LagShedder(self.config)
         self._in_flight = 0
         self._admitted_total = 0
         self._shed_total = 0
@@ -220,7 +288,7 @@ class AdaptiveLimiter:
 
     def try_acquire(self) -> bool:
         """Take a slot; False means answer 503 with ``Retry-After: retry_after_s()``."""
-        if self._in_flight >= self.limit:
+        if self._in_flight >= self.limit or self._lag.shed():
             self._shed += 1
             self._shed_total += 1
             return False
@@ -229,6 +297,15 @@ class AdaptiveLimiter:
         self._admitted_total += 1
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         return True
+
+    def cancel(self) -> None:
+        """Give back a slot without a latency sample: the request went elsewhere (the caller
+        passed it to another path, which acquires for it again)."""
+        if self._in_flight == 0:
+            raise RuntimeError("cancel() without a matching successful try_acquire()")
+        self._in_flight -= 1
+        self._admitted -= 1
+        self._admitted_total -= 1
 
     def release(self, rtt_s: float, now: float, *, dropped: bool = False) -> None:
         """Give back the slot of a request that took ``rtt_s``; ``dropped``: it failed from
@@ -248,6 +325,10 @@ class AdaptiveLimiter:
         window_s = min(max(2 * self._min_rtt_s, cfg.window_min_s), cfg.window_max_s)
         if self._samples >= cfg.window_min_samples and now - self._window_start >= window_s:
             self._close_window(now, window_s)
+
+    def observe_lag(self, lag_s: float, now: float) -> None:
+        """The event loop ran a timer ``lag_s`` late (see LagShedder)."""
+        self._lag.observe(lag_s, now)
 
     def _close_window(self, now: float, window_s: float) -> None:
         window = Window(self._rtt_sum_s / self._samples, self._max_in_flight, self._dropped)
@@ -282,6 +363,8 @@ class AdaptiveLimiter:
             "shed_total": self._shed_total,
             "shed_last_window": self._last_shed,
             "short_rtt_s": self._last_short_rtt_s,
+            "loop_lag_s": round(self._lag.lag_s, 4),
+            "lag_shed_fraction": round(self._lag.fraction, 3),
             **self._estimator.snapshot(),
             "retry_after_s": self.retry_after_s(),
         }

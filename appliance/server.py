@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections import Counter as Tally
 from collections import OrderedDict
@@ -18,11 +19,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from appliance import readahead, tiers
+from appliance.admin import Chaos
 from appliance.admin import add_routes as add_admin_routes
 from appliance.config import ApplianceConfig
 from appliance.fill import Fill, Filler, FillError, State
@@ -30,6 +32,7 @@ from appliance.front import Front
 from appliance.heartbeat import heartbeat_loop
 from appliance.limiter import AdaptiveLimiter, LimiterConfig
 from appliance.objects import ObjectMeta
+from appliance.scrub import Scrubber
 from appliance.sendfile import SEND_STALL_S, send_deadline_s, send_file_region
 from appliance.upstream import NOT_FOUND_HEADER, Upstreams
 from streamcdn import service
@@ -48,6 +51,7 @@ MAX_DISK_HIT_COUNTS = 100_000
 MAX_FIXED_HEADERS = 100_000
 TICK_S = 1.0
 EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
+LAG_PROBE_S = 0.01  # how often the event loop's delay is measured, for the limiter
 
 
 @dataclass
@@ -128,6 +132,7 @@ class Appliance:
         self.memory = tiers.MemoryTier(config.mem_bytes, config.policy)
         self.disk = tiers.DiskTier(config.cache_dir, config.disk_bytes, config.policy)
         self.stats = Stats()
+        self.chaos = Chaos()  # failure injection, set by POST /admin/chaos
         self.session: aiohttp.ClientSession | None = None
         self.filler: Filler | None = None
         self._disk_hits: Tally[str] = Tally()
@@ -135,8 +140,22 @@ class Appliance:
         self.front: Front | None = None  # set by create_app
         self._background: set[asyncio.Task[None]] = set()
         self._writing: set[str] = set()
+        self._generations: Tally[str] = Tally()  # per title, bumped by each purge
+        self.corrupt: Tally[str] = Tally()  # corrupt disk objects dropped, by who found them
+        self.scrubber = Scrubber(
+            self.disk,
+            bytes_per_s=config.scrub_bytes_per_s,
+            on_corrupt=lambda key: self.drop_corrupt(key, "scrub"),
+        )
+        initial = min(config.limiter_initial, config.limiter_max)
         self.limiter = AdaptiveLimiter(
-            LimiterConfig(initial_limit=config.limiter_initial), algorithm=config.limiter
+            LimiterConfig(
+                initial_limit=initial,
+                min_limit=min(LimiterConfig.min_limit, initial),
+                max_limit=config.limiter_max,
+                lag_target_s=config.limiter_lag_target_s or LimiterConfig.lag_target_s,
+            ),
+            algorithm=config.limiter,
         )
         # Client traffic first: background work (fills, read-ahead) has its own small budget.
         self.background = asyncio.Semaphore(config.background_fills)
@@ -154,6 +173,17 @@ class Appliance:
             "streamcdn_appliance_tier_used_bytes",
             "Bytes held per tier",
             ["tier"],
+            registry=registry,
+        )
+        self.m_corrupt = Counter(
+            "streamcdn_appliance_corrupt_objects",
+            "Corrupt disk objects dropped, by what found them (serve: a hit; scrub: the scrubber)",
+            ["found_by"],
+            registry=registry,
+        )
+        self.m_scrubbed = Gauge(
+            "streamcdn_appliance_scrubbed_bytes",
+            "Disk object bytes re-hashed by the scrubber since start (updated every second)",
             registry=registry,
         )
         self.m_capacity = Gauge(
@@ -190,11 +220,20 @@ class Appliance:
             self.session,
             key=self.config.keys[0] if self.config.keys else None,
             token_ttl_s=self.config.parent_token_ttl_s,
+            head_timeout_s=self.config.upstream_head_timeout_s,
+            min_body_bps=self.config.upstream_min_body_bps,
         )
         self.filler = Filler(
-            upstreams, on_filled=self._filled, negative_ttl_s=self.config.negative_ttl_s
+            upstreams,
+            on_filled=self._filled,
+            negative_ttl_s=self.config.negative_ttl_s,
+            upstream_delay_s=lambda: self.chaos.upstream_delay_s,
         )
         self.spawn(self._ticker())
+        if self.config.limiter_lag_target_s > 0:
+            self.spawn(self._watch_loop())
+        if self.config.scrub_bytes_per_s > 0:
+            self.spawn(self.scrubber.run())
         if self.config.steering:
             key = self.config.heartbeat_key or (self.config.keys[0] if self.config.keys else None)
             self.spawn(
@@ -205,6 +244,7 @@ class Appliance:
                     self.health,
                     url=self.config.public_url,
                     interval_s=self.config.heartbeat_interval_s,
+                    paused=lambda: self.chaos.drop_heartbeats,
                 )
             )
 
@@ -232,6 +272,17 @@ class Appliance:
             for name, tier in (("memory", self.memory), ("disk", self.disk)):
                 self.m_used.labels(name).set(tier.used_bytes)
                 self.m_capacity.labels(name).set(tier.capacity_bytes)
+            self.m_scrubbed.set(self.scrubber.stats.bytes)
+
+    async def _watch_loop(self) -> None:
+        """Tell the limiter how late the loop runs a timer: under CPU overload requests
+        wait about that long to be read, where no concurrency count can see them."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + LAG_PROBE_S
+            await asyncio.sleep(LAG_PROBE_S)
+            now = loop.time()
+            self.limiter.observe_lag(max(0.0, now - due), now)
 
     # -- filling the tiers ---------------------------------------------------------
 
@@ -240,9 +291,9 @@ class Appliance:
         self._learn_order(meta.key, data)
         if meta.key not in self.disk and meta.key not in self._writing:
             self._writing.add(meta.key)
-            self.spawn(self._write_disk(meta, data))
+            self.spawn(self._write_disk(meta, data, self._generations[meta.title]))
 
-    async def _write_disk(self, meta: ObjectMeta, data: bytes) -> None:
+    async def _write_disk(self, meta: ObjectMeta, data: bytes, generation: int) -> None:
         try:
             if not self.disk.writable(time.monotonic()):
                 return  # degraded: serve by pass-through (memory only) until the retry time
@@ -251,6 +302,10 @@ class Appliance:
             except OSError as exc:
                 self.disk.write_failed(exc, time.monotonic())
                 return
+            if self._generations[meta.title] != generation:
+                # The title was purged while this write was in flight: it must not land.
+                await asyncio.to_thread(tiers.unlink_all_blocking, [str(entry.path)])
+                return
             doomed = self.disk.admit(entry)
             if doomed:
                 await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
@@ -258,14 +313,26 @@ class Appliance:
             self._writing.discard(meta.key)
 
     async def _promote(self, entry: tiers.DiskEntry) -> None:
-        data = await asyncio.to_thread(tiers.verify_blocking, entry)
-        if data is None:
+        checked = await asyncio.to_thread(tiers.verify_blocking, entry)
+        if checked is None:
             await self.drop_corrupt(entry.meta.key)
         else:
-            self.memory.put(entry.meta, data)
+            entry.stamp = checked[1]
+            self.memory.put(entry.meta, checked[0])
 
-    async def drop_corrupt(self, key: str) -> None:
+    def unchanged(self, entry: tiers.DiskEntry, fd: int) -> bool:
+        """Whether the open file ``fd`` of a disk hit is still the one whose digest was
+        checked (one fstat). If not, it must be checked again before a byte of it leaves:
+        the entry is marked unchecked, so the slow path verifies it (or drops and refills)."""
+        if tiers.stamp_of(os.fstat(fd)) == entry.stamp:
+            return True
+        entry.stamp = None
+        return False
+
+    async def drop_corrupt(self, key: str, found_by: str = "serve") -> None:
         log.error("corrupt object on disk; dropped and will be re-filled", extra={"key": key})
+        self.corrupt[found_by] += 1
+        self.m_corrupt.labels(found_by).inc()
         self.memory.remove(key)
         path = self.disk.remove(key)
         if path:
@@ -275,10 +342,7 @@ class Appliance:
 
     async def serve(self, request: web.Request, key: str) -> web.StreamResponse:
         if not self.limiter.try_acquire():
-            self._count("shed")
-            raise web.HTTPServiceUnavailable(
-                text="overloaded; retry", headers={"Retry-After": str(self.limiter.retry_after_s())}
-            )
+            raise web.HTTPServiceUnavailable(text="overloaded; retry", headers=self.shed())
         started = time.monotonic()
         self.stats.active_requests += 1
         dropped = True  # unless we learn otherwise: an exception we did not expect
@@ -295,6 +359,11 @@ class Appliance:
             # Latency to the response's start: body transfer times differ by size and client.
             ready = request.get(READY_AT, time.monotonic())
             self.limiter.release(max(0.0, ready - started), time.monotonic(), dropped=dropped)
+
+    def shed(self) -> dict[str, str]:
+        """Count a request the limiter refused; the headers of its 503 (both paths)."""
+        self._count("shed")
+        return {"Retry-After": str(self.limiter.retry_after_s())}
 
     # -- read-ahead and background fills ---------------------------------------------
 
@@ -338,6 +407,12 @@ class Appliance:
         """Drop every object of ``title`` from both tiers; (objects, bytes) dropped."""
         prefix = f"titles/{title}/"
         objects = nbytes = 0
+        # Disk writes in flight for the title must not land after it, nor fills in flight
+        # be cached: a new generation, and the fills detached from the table.
+        self._generations[title] += 1
+        self._writing = {k for k in self._writing if not k.startswith(prefix)}
+        assert self.filler is not None
+        self.filler.detach(title)
         for key, size in self.memory.sizes():
             if key.startswith(prefix):
                 self.memory.remove(key)
@@ -351,7 +426,6 @@ class Appliance:
                     doomed.append(path)
                 objects, nbytes = objects + 1, nbytes + size
         await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
-        assert self.filler is not None
         self.filler.forget_missing(title)
         for rendition in [r for r in self._orders if r.startswith(prefix)]:
             del self._orders[rendition]
@@ -451,10 +525,10 @@ class Appliance:
                 return await self._send_file(request, hit)
             return self._send_hit(request, hit)
         entry = self.disk.get(key)
-        if entry is not None:  # loaded at start and never read since: check it before it leaves
-            data = await asyncio.to_thread(tiers.verify_blocking, entry)
-            if data is not None:
-                entry.verified = True
+        if entry is not None:  # unchecked since start, or its file changed: check it first
+            checked = await asyncio.to_thread(tiers.verify_blocking, entry)
+            if checked is not None:
+                data, entry.stamp = checked
                 self.memory.put(entry.meta, data)
                 return self._send_bytes(request, entry.meta, data, "HIT", "disk")
             await self.drop_corrupt(key)
@@ -467,12 +541,16 @@ class Appliance:
         fill, created = self.filler.get(key)
         result = "MISS" if created else "COALESCED"
         if not await fill.wait_headers(self.config.lock_timeout_s):
-            # The fill is stuck: fetch on our own, uncached, rather than wait on it.
-            fill, result = self.filler.bypass(key), "MISS"
-            self._count("bypass")
-            await fill.wait_headers(
-                self.config.upstream_connect_timeout_s + self.config.upstream_read_timeout_s
-            )
+            # The fill is stuck: replace it (the first waiter to give up does; the others
+            # join the replacement), so what the new fill fetches is cached.
+            fill, replaced = self.filler.take_over(fill)
+            if replaced:
+                self._count("fill_replaced")
+                result = "MISS"
+            await fill.wait_headers(self.config.lock_timeout_s)
+        elif fill.replaced_by is not None:  # another waiter replaced it meanwhile
+            fill = fill.latest()
+            await fill.wait_headers(self.config.lock_timeout_s)
         return await self._send_fill(request, fill, result)
 
     def _count(self, result: str, source: str | None = None, nbytes: int = 0) -> None:
@@ -519,6 +597,8 @@ class Appliance:
         request[READY_AT] = time.monotonic()
         try:
             with entry.path.open("rb") as f:
+                if not self.unchanged(entry, f.fileno()):
+                    return await self._serve(request, meta.key)  # checks it before it leaves
                 # Zero-copy from the page cache; a reader slower than MIN_SEND_BPS is dropped.
                 async with asyncio.timeout(send_deadline_s(hit.length)):
                     await send_file_region(
@@ -626,10 +706,14 @@ class Appliance:
                 for name, t in (("memory", self.memory), ("disk", self.disk))
             },
             "fills_in_flight": len(filler.fills) if filler else 0,
+            "fills_replaced": filler.replaced if filler else 0,
+            "corrupt_objects": dict(self.corrupt),
+            "scrub": self.scrubber.snapshot(),
             "background_queue": len(self._reading_ahead),
             "limiter": self.limiter.snapshot(),
             "upstreams": upstreams,
             "policy": self.config.policy,
+            **({"chaos": chaos} if (chaos := self.chaos.active()) else {}),
         }
 
 

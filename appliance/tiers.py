@@ -79,12 +79,26 @@ class MemoryTier:
         return list(self._objects)
 
 
+Stamp = tuple[int, int, int]  # a file's (st_ino, st_size, st_mtime_ns)
+
+
+def stamp_of(st: os.stat_result) -> Stamp:
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
 @dataclass
 class DiskEntry:
     meta: ObjectMeta
     path: Path
     body_offset: int
-    verified: bool  # digest checked since this process started (or written by it)
+    # The file's stamp when its digest last matched (or when this process wrote it). A hit
+    # whose fstat differs is checked again before it is served: a file rewritten or
+    # truncated under the appliance is never sent. None: not checked since start.
+    stamp: Stamp | None = None
+
+    @property
+    def verified(self) -> bool:
+        return self.stamp is not None
 
 
 @dataclass
@@ -113,20 +127,22 @@ def read_entry_blocking(path: Path) -> DiskEntry:
         size = os.fstat(f.fileno()).st_size
     if size != offset + meta.size:
         raise ValueError(f"length {size} is not header {offset} + body {meta.size}")
-    return DiskEntry(meta, path, offset, verified=False)
+    return DiskEntry(meta, path, offset)
 
 
-def verify_blocking(entry: DiskEntry) -> bytes | None:
-    """The body if it still matches its digest, else None."""
+def verify_blocking(entry: DiskEntry) -> tuple[bytes, Stamp] | None:
+    """The body and the file's stamp if it still matches its digest, else None. The stamp
+    is taken before the read, so any later change to the file changes it."""
     try:
         with entry.path.open("rb") as f:
+            stamp = stamp_of(os.fstat(f.fileno()))
             f.seek(entry.body_offset)
             data = f.read(entry.meta.size + 1)
     except OSError:
         return None
     if len(data) != entry.meta.size or digest_bytes(data) != entry.meta.digest:
         return None
-    return data
+    return data, stamp
 
 
 class DiskTier:
@@ -237,11 +253,12 @@ class DiskTier:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
+                stamp = stamp_of(os.fstat(f.fileno()))  # a rename changes none of it
             final.parent.mkdir(exist_ok=True)
             tmp.rename(final)
         finally:
             tmp.unlink(missing_ok=True)
-        return DiskEntry(meta, final, len(header), verified=True)
+        return DiskEntry(meta, final, len(header), stamp)
 
     def write_failed(self, exc: OSError, now: float) -> None:
         self.degraded = f"disk writes failing: {exc.strerror or exc}"

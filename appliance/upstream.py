@@ -2,10 +2,15 @@
 
 A 404 is an answer, not a failure: the parent asked the origin too. Connection errors,
 timeouts and 5xx count against that upstream's breaker, and the next one is tried.
+
+A read timeout alone never fires on an upstream that trickles (it restarts with every
+byte), so each attempt has a deadline on its whole response head (connect, status line
+and headers), and the body a minimum average rate (``body_deadline``, enforced by the fill).
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import logging
 import time
@@ -19,6 +24,7 @@ from streamcdn.tokens import SigningKey, sign, title_prefix
 log = logging.getLogger("streamcdn.appliance.upstream")
 
 NOT_FOUND_HEADER = "X-Not-Found"
+BODY_GRACE_S = 2.0  # before an upstream body is held to its minimum rate
 
 
 class Outcome(enum.Enum):
@@ -44,8 +50,12 @@ class Upstreams:
         *,
         key: SigningKey | None,
         token_ttl_s: float,
+        head_timeout_s: float = 1.5,
+        min_body_bps: float = 32_000.0,
     ) -> None:
         self.urls = urls
+        self.head_timeout_s = head_timeout_s
+        self.min_body_bps = min_body_bps
         self.session = session
         self.breakers = {url: CircuitBreaker() for url in urls}
         self._key = key
@@ -70,9 +80,12 @@ class Upstreams:
                 failures.append(f"{url}: circuit open")
                 continue
             try:
-                resp = await self.session.get(
-                    f"{url.rstrip('/')}/{key}", headers=self._headers(key), allow_redirects=False
-                )
+                async with asyncio.timeout(self.head_timeout_s):
+                    resp = await self.session.get(
+                        f"{url.rstrip('/')}/{key}",
+                        headers=self._headers(key),
+                        allow_redirects=False,
+                    )
             except (aiohttp.ClientError, TimeoutError) as exc:
                 breaker.record_failure(time.monotonic())
                 failures.append(f"{url}: {type(exc).__name__}")
@@ -87,6 +100,11 @@ class Upstreams:
             breaker.record_failure(time.monotonic())
             failures.append(f"{url}: HTTP {resp.status}")
         return Fetch(Outcome.UNAVAILABLE, detail="; ".join(failures))
+
+    def body_deadline(self, head_at: float, received: int) -> float:
+        """When the body must have gone past ``received`` bytes (loop time): a grace for
+        TCP's slow start, then ``min_body_bps`` on average. A body that trickles fails."""
+        return head_at + BODY_GRACE_S + received / self.min_body_bps
 
     def report(self, url: str, ok: bool) -> None:
         """After the body: a truncated or wrong body counts against the upstream too."""

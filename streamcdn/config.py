@@ -2,7 +2,7 @@
 
 Sites (name, client CIDRs v4 and v6, ordered fallback sites), appliances (id, URL, site,
 capacity, upstreams, policy, tier sizes), the origin, steering and control addresses,
-the signing keys with their key ids, and the admin key. Every ``streamcdn serve X
+the signing keys with their key ids, and the admin keys. Every ``streamcdn serve X
 --config FILE`` reads its own part; command-line flags override it. A commented example
 is ``examples/deployment.toml``; ``streamcdn demo`` writes and uses one.
 
@@ -59,7 +59,15 @@ class Appliance:
     disk_bytes: int | None = None
     cache_dir: Path | None = None
     open: bool = False  # serve unsigned /titles/... URLs
-    heartbeat_key: SigningKey | None = None  # signs its heartbeats; default: signing key
+    # Sign its heartbeats: the first signs, all verify (rotation); default: the signing keys.
+    heartbeat_keys: tuple[SigningKey, ...] = ()
+    lock_timeout_s: float | None = None  # a waiter replaces a stuck fill after this
+    upstream_head_timeout_s: float | None = None  # an upstream's whole response head
+    upstream_min_body_bps: float | None = None  # an upstream body slower than this fails
+    scrub_bytes_per_s: float | None = None  # background re-hash of disk objects; 0: off
+    limiter_initial: int | None = None  # requests in flight before the limiter has measured
+    limiter_max: int | None = None  # the most requests in flight the limiter ever allows
+    limiter_lag_target_s: float | None = None  # shed while the loop runs this late; 0: off
 
     @property
     def port(self) -> int:
@@ -84,7 +92,7 @@ class Deployment:
     down_after_missed: int  # heartbeats missed before an appliance counts as down
     redis_url: str | None
     signing_keys: tuple[SigningKey, ...]  # the first signs; all verify (rotation)
-    admin_key: str | None
+    admin_keys: tuple[str, ...]  # each opens the appliances' /admin (rotation); tools use the first
     sites: tuple[Site, ...]
     appliances: tuple[Appliance, ...]
 
@@ -95,12 +103,20 @@ class Deployment:
         known = ", ".join(a.id for a in self.appliances) or "none"
         raise ConfigError(f"{self.path}: no appliance {appliance_id!r} (known: {known})")
 
+    @property
+    def admin_key(self) -> str | None:
+        """The admin key tools use; the others are still accepted while it rotates."""
+        return self.admin_keys[0] if self.admin_keys else None
+
+    def heartbeat_keys(self, appliance_id: str) -> tuple[SigningKey, ...]:
+        """The keys steering accepts an appliance's heartbeats by: its own heartbeat keys,
+        else every signing key, so either kind rotates without a refused heartbeat."""
+        return self.appliance(appliance_id).heartbeat_keys or self.signing_keys
+
     def heartbeat_key(self, appliance_id: str) -> SigningKey | None:
-        """The key an appliance signs its heartbeats with (and steering checks them by)."""
-        entry = self.appliance(appliance_id)
-        if entry.heartbeat_key is not None:
-            return entry.heartbeat_key
-        return self.signing_keys[0] if self.signing_keys else None
+        """The key an appliance signs its heartbeats with: the first of heartbeat_keys."""
+        keys = self.heartbeat_keys(appliance_id)
+        return keys[0] if keys else None
 
 
 def load(path: Path) -> Deployment:
@@ -126,17 +142,14 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
     top = _Table(data, "", path)
 
     keys = top.table("keys")
-    signing = tuple(
-        keys.convert("signing", k, _signing_key)
-        for k in keys.strings("signing", "a list of 'KEYID:SECRET' strings", [])
+    signing = keys.signing_keys(
+        "signing", keys.strings("signing", "a list of 'KEYID:SECRET' strings", [])
     )
-    admin_key = keys.get("admin", str, "a string", None)
-    if admin_key is not None and len(admin_key) < 16:
-        keys.fail("admin", admin_key, "a key of at least 16 characters")
+    admin_keys = tuple(keys.one_or_many("admin", "a key, or a list of keys during rotation"))
+    for admin_key in admin_keys:
+        if len(admin_key) < 16:
+            keys.fail("admin", admin_key, "a key of at least 16 characters")
     keys.done()
-    ids = [k.key_id for k in signing]
-    if len(set(ids)) != len(ids):
-        keys.fail("signing", ids, "key ids that differ")
 
     origin = top.table("origin")
     origin_url = origin.url("url")
@@ -228,8 +241,28 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
         disk = t.convert("disk", t.get("disk", str, "a size like '20GB'", None), _size)
         cache_dir = t.get("cache_dir", str, "a directory path", None)
         is_open = t.get("open", bool, "true or false", False)
-        hb = t.get("heartbeat_key", str, "'KEYID:SECRET'", None)
-        heartbeat_key = t.convert("heartbeat_key", hb, _signing_key) if hb else None
+        hb = t.one_or_many("heartbeat_key", "'KEYID:SECRET', or a list of them during rotation")
+        heartbeat_keys = t.signing_keys("heartbeat_key", hb)
+        tunables = {}
+        for name, high in (
+            ("lock_timeout_s", 3600.0),
+            ("upstream_head_timeout_s", 3600.0),
+            ("upstream_min_body_bps", 1e12),
+            ("scrub_bytes_per_s", 1e12),
+            ("limiter_lag_target_s", 10.0),
+        ):
+            off = t.data.get(name) == 0 and not isinstance(t.data.get(name), bool)
+            if name in ("scrub_bytes_per_s", "limiter_lag_target_s") and off:
+                t.read.add(name)
+                tunables[name] = 0.0  # scrubbing, or shedding on the loop's delay, off
+            elif name in t.data:
+                tunables[name] = t.number(name, _REQUIRED, low=0.0, high=high)
+        limits: dict[str, int] = {}
+        for name in ("limiter_initial", "limiter_max"):
+            if name in t.data:
+                limits[name] = t.get(name, int, "a whole number of requests >= 1")
+                if limits[name] < 1:
+                    t.fail(name, limits[name], "a whole number of requests >= 1")
         t.done()
         appliances.append(
             Appliance(
@@ -243,7 +276,10 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
                 disk_bytes=disk,
                 cache_dir=base / cache_dir if cache_dir else None,
                 open=is_open,
-                heartbeat_key=heartbeat_key,
+                heartbeat_keys=heartbeat_keys,
+                limiter_initial=limits.get("limiter_initial"),
+                limiter_max=limits.get("limiter_max"),
+                **tunables,
             )
         )
     top.done()
@@ -264,7 +300,7 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
         down_after_missed=missed,
         redis_url=redis_url,
         signing_keys=signing,
-        admin_key=admin_key,
+        admin_keys=admin_keys,
         sites=tuple(sites),
         appliances=tuple(appliances),
     )
@@ -331,6 +367,20 @@ class _Table:
                 self.fail(key, item, expected)
         return value
 
+    def one_or_many(self, key: str, expected: str) -> list[str]:
+        """A string or a list of strings (keys being rotated), as a list; [] if absent."""
+        if isinstance(self.peek(key), str):
+            return [self.get(key, str, expected)]
+        return self.strings(key, expected, [])
+
+    def signing_keys(self, key: str, values: list[str]) -> tuple[SigningKey, ...]:
+        """``'KEYID:SECRET'`` strings as keys whose ids differ."""
+        parsed = tuple(self.convert(key, v, _signing_key) for v in values)
+        ids = [k.key_id for k in parsed]
+        if len(set(ids)) != len(ids):
+            self.fail(key, ids, "key ids that differ")
+        return parsed
+
     def convert(self, key: str, value: Any, fn: Callable[[Any], T]) -> T:
         if value is None:
             return None  # type: ignore[return-value]
@@ -354,9 +404,9 @@ class _Table:
         unknown = sorted(set(self.data) - self.read)
         if unknown:
             known = ", ".join(sorted(self.read))
-            raise ConfigError(
-                f"{self.path}: {self._name(unknown[0])}: unknown key (known here: {known})"
-            )
+            name = self._name(unknown[0])  # a quoted TOML key may hold a newline
+            shown = name if name.isprintable() else repr(name)
+            raise ConfigError(f"{self.path}: {shown}: unknown key (known here: {known})")
 
 
 def _url(value: str) -> str:

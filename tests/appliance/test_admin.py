@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from aiohttp import ClientSession
 from aiohttp.test_utils import TestServer
 
+from appliance.tiers import DiskTier
 from origin.store import TitleStore
 from tests.appliance.conftest import SEGMENT, MakeAppliance, origin_gets, signed, url_of
 from tests.conftest import TITLE
@@ -184,3 +186,31 @@ def test_admin_key_must_be_long() -> None:
         ApplianceConfig(
             id="a", cache_dir=Path("/tmp/x"), upstreams=("http://o",), open=True, admin_key="short"
         )
+
+
+async def test_a_purge_is_not_undone_by_a_disk_write_in_flight(
+    make_appliance: MakeAppliance, origin: TestServer, tmp_path: Path, monkeypatch
+) -> None:
+    write = DiskTier.write_blocking
+
+    def slow_write(self, meta, data):  # type: ignore[no-untyped-def]
+        time.sleep(0.5)  # a slow disk: the write is still in flight when the purge runs
+        return write(self, meta, data)
+
+    monkeypatch.setattr(DiskTier, "write_blocking", slow_write)
+    appliance = await make_appliance(admin_key=ADMIN, read_ahead_segments=0)
+    url = f"{url_of(appliance)}{signed(TITLE, SEGMENT)}"
+    async with ClientSession() as s, s.get(url) as r:
+        assert r.headers["X-Cache"] == "MISS"
+        await r.read()
+    status, purged = await call(appliance, "DELETE", f"/admin/cache/titles/{TITLE}", headers=AUTH)
+    assert status == 200 and purged["purged_objects"] == 1  # from memory; disk write pending
+    await asyncio.sleep(1.0)  # the write finishes, and must not land
+    _, health = await call(appliance, "GET", "/health")
+    assert isinstance(health, dict) and health["tiers"]["disk"]["objects"] == 0
+    assert list((tmp_path / "cache-a1" / "objects").glob("*/*.obj")) == []
+    before = await origin_gets(origin)
+    async with ClientSession() as s, s.get(url) as r:
+        assert r.headers["X-Cache"] == "MISS"  # filled again after the purge
+        await r.read()
+    assert await origin_gets(origin) == before + 1

@@ -12,6 +12,7 @@ import itertools
 import json
 import math
 import random
+import statistics
 from collections import deque
 from dataclasses import dataclass, field, replace
 
@@ -291,3 +292,112 @@ def test_invariants_hold_under_any_sequence(
         snap = limiter.snapshot()
         assert snap["admitted_total"] + snap["shed_total"] == attempts
         assert 1 <= limiter.retry_after_s() <= config.retry_after_max_s
+
+
+# -- shedding on the event loop's delay ---------------------------------------------------
+#
+# A single-threaded server whose CPU is the bottleneck: every request is answered as soon as
+# it is read, so nothing is ever in flight for long and the concurrency limit never binds.
+# What grows is the work queued ahead of the loop; a timer waits for all of it.
+
+OK_CPU_S = 0.0005  # CPU one answered request costs (a 2 MB memory hit)
+SHED_CPU_S = 0.00003  # CPU one 503 costs
+LOOP_CAPACITY_RPS = 1 / OK_CPU_S
+TICK_S = 0.01  # the appliance's lag probe
+
+
+@dataclass
+class LoopOutcome:
+    lags_s: list[float] = field(default_factory=list)
+    answered: int = 0
+    shed: int = 0
+    fractions: list[float] = field(default_factory=list)
+
+
+def simulate_loop(limiter: AdaptiveLimiter, phases: list[tuple[float, float]]) -> list[LoopOutcome]:
+    """(seconds, offered load as a multiple of LOOP_CAPACITY_RPS) per phase. Requests are
+    admitted or shed as they arrive (uniformly), their CPU joins the loop's backlog, and
+    the lag probe, due every TICK_S, runs once the backlog ahead of it is done."""
+    now = backlog_s = 0.0
+    arrivals = 0.0
+    outcomes = []
+    for duration_s, load in phases:
+        out = LoopOutcome()
+        for _ in range(round(duration_s / TICK_S)):
+            arrivals += load * LOOP_CAPACITY_RPS * TICK_S
+            while arrivals >= 1:
+                arrivals -= 1
+                if limiter.try_acquire():
+                    limiter.release(0.0, now)  # answered at once: no concurrency to see
+                    out.answered += 1
+                    backlog_s += OK_CPU_S
+                else:
+                    out.shed += 1
+                    backlog_s += SHED_CPU_S
+            backlog_s = max(0.0, backlog_s - TICK_S)  # one tick of CPU
+            now += TICK_S
+            limiter.observe_lag(backlog_s, now)
+            out.lags_s.append(backlog_s)
+            out.fractions.append(limiter.snapshot()["lag_shed_fraction"])  # type: ignore[arg-type]
+        outcomes.append(out)
+    return outcomes
+
+
+def test_a_saturated_loop_sheds_the_excess_keeps_its_goodput_and_recovers() -> None:
+    limiter = AdaptiveLimiter(CONFIG)
+    calm, _, overload = simulate_loop(limiter, [(10, 0.5), (10, 3.0), (20, 3.0)])
+    assert calm.shed == 0 and max(calm.lags_s) == 0
+    # At 3x: the loop's delay stays near the target instead of growing without bound ...
+    assert max(overload.lags_s) <= 4 * CONFIG.lag_target_s
+    assert statistics.mean(overload.lags_s) <= 2 * CONFIG.lag_target_s
+    # ... the CPU not spent on 503s still answers requests (at most what is left when two
+    # thirds of the offered 6,000/s get a 503: 1,745/s), and a little over two thirds are refused.
+    offered_rps = 3 * LOOP_CAPACITY_RPS
+    best_rps = (1 - offered_rps * SHED_CPU_S) / (OK_CPU_S - SHED_CPU_S)
+    assert overload.answered / 20 >= 0.97 * best_rps
+    assert 0.67 <= overload.shed / (overload.answered + overload.shed) <= 0.75
+    assert limiter.shedding and limiter.retry_after_s() >= 2
+    # Once the load drops, shedding stops within a few seconds.
+    (after,) = simulate_loop(limiter, [(10, 0.5)])
+    assert after.fractions[round(3 / TICK_S)] == 0
+    assert after.shed < 0.05 * (after.answered + after.shed)
+
+
+def test_without_lag_shedding_the_same_overload_makes_the_loop_fall_behind() -> None:
+    limiter = AdaptiveLimiter(replace(CONFIG, max_shed_fraction=0.0))
+    _, overload = simulate_loop(limiter, [(10, 0.5), (10, 3.0)])
+    assert overload.shed == 0
+    assert overload.lags_s[-1] > 15  # 2 s of extra work queued per second, and growing
+
+
+def test_lag_shedding_refuses_exactly_its_fraction_evenly() -> None:
+    limiter = AdaptiveLimiter(replace(CONFIG, max_shed_fraction=0.5))
+    limiter.observe_lag(10.0, 1.0)  # far over the target: pinned at the maximum
+    answers = [limiter.try_acquire() for _ in range(100)]
+    assert answers.count(False) == 50
+    assert all(a != b for a, b in itertools.pairwise(answers))  # no two refusals in a row
+
+
+def test_bad_lags_are_refused() -> None:
+    limiter = AdaptiveLimiter()
+    for bad in (-0.1, math.nan, math.inf):
+        with pytest.raises(ValueError, match="lag_s"):
+            limiter.observe_lag(bad, 0.0)
+
+
+def test_cancel_gives_the_slot_back_without_a_sample() -> None:
+    limiter = AdaptiveLimiter(_config(initial_limit=8))
+    assert limiter.try_acquire()
+    limiter.cancel()
+    assert limiter.in_flight == 0 and limiter.snapshot()["admitted_total"] == 0
+    with pytest.raises(RuntimeError, match="without a matching"):
+        limiter.cancel()
+
+
+def test_one_stall_of_the_loop_is_not_overload() -> None:
+    limiter = AdaptiveLimiter(CONFIG)
+    now = 0.0
+    for lag_s in [0.001] * 20 + [0.5] + [0.001] * 20:  # a GC pause, or the CPU taken away
+        now += 0.01 + lag_s
+        limiter.observe_lag(lag_s, now)
+        assert limiter.snapshot()["lag_shed_fraction"] == 0

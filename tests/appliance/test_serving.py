@@ -271,6 +271,36 @@ async def test_a_bad_upstream_body_is_never_cached_or_delivered_whole(
     assert json.loads(health)["tiers"]["disk"]["objects"] == 0
 
 
+async def test_an_upstream_body_that_trickles_fails_is_counted_and_not_cached(
+    aiohttp_server, make_appliance: MakeAppliance
+) -> None:
+    body = b"t" * 300_000
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"X-Content-Digest": f"xxh3-128={digest_bytes(body)}"})
+        resp.content_length = len(body)
+        await resp.prepare(request)  # the head at once, then 50 bytes a second
+        for i in range(0, len(body), 10):
+            await resp.write(body[i : i + 10])
+            await asyncio.sleep(0.2)
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/titles/{title}/{path:.+}", trickle)
+    up = await aiohttp_server(app)
+    appliance = await make_appliance(upstreams=(url_of(up),), read_ahead_segments=0)
+    started = time.monotonic()
+    async with ClientSession() as s, s.get(f"{url_of(appliance)}{signed(TITLE, SEGMENT)}") as r:
+        assert r.status == 200
+        with pytest.raises(Exception):  # noqa: B017 - cut short of Content-Length
+            await r.read()
+    # Failed after the grace and well before the read timeout (which a trickle never trips).
+    assert time.monotonic() - started < 4.0
+    health = json.loads((await get(appliance, "/health"))[2])
+    assert health["upstreams"][url_of(up)]["consecutive_failures"] == 1
+    assert health["tiers"]["memory"]["objects"] == health["tiers"]["disk"]["objects"] == 0
+
+
 async def test_read_ahead_brings_the_next_segment_before_it_is_asked_for(
     make_appliance: MakeAppliance, origin: TestServer
 ) -> None:
@@ -307,7 +337,10 @@ async def test_the_limiter_sheds_with_503_and_retry_after_when_full(
 ) -> None:
     up = await slow_upstream(aiohttp_server, 1.5)
     appliance = await make_appliance(
-        upstreams=(url_of(up),), limiter_initial=8, read_ahead_segments=0
+        upstreams=(url_of(up),),
+        limiter_initial=8,
+        read_ahead_segments=0,
+        upstream_head_timeout_s=5.0,  # slow to answer, but within its deadline
     )
     slow = [
         asyncio.create_task(get(appliance, signed(TITLE, f"360p/seg_{i:05d}.m4s")))
@@ -322,7 +355,7 @@ async def test_the_limiter_sheds_with_503_and_retry_after_when_full(
     assert (await get(appliance, signed(TITLE, "master.m3u8")))[0] == 200  # recovered
 
 
-async def test_a_stuck_fill_is_bypassed_after_the_lock_timeout(
+async def test_a_stuck_fill_is_replaced_after_the_lock_timeout_and_cached(
     aiohttp_server, make_appliance: MakeAppliance
 ) -> None:
     up = await slow_upstream(aiohttp_server, 5.0, only_first=True)  # the first fetch hangs
@@ -333,10 +366,14 @@ async def test_a_stuck_fill_is_bypassed_after_the_lock_timeout(
     await asyncio.sleep(0.1)
     started = time.monotonic()
     second = await get(appliance, signed(TITLE, SEGMENT))
-    # The second did not wait for the stuck fill's headers beyond the lock timeout.
+    # The first waiter to give up on the stuck fill replaced it; the other joined that.
     assert second[0] == 200 and time.monotonic() - started < 2.0
-    assert second[1]["X-Cache"] == "MISS"
-    assert (await first)[0] == 200
+    assert (await first)[0] == 200 and time.monotonic() - started < 2.0
+    assert {second[1]["X-Cache"], (await first)[1]["X-Cache"]} == {"MISS", "COALESCED"}
+    health = json.loads((await get(appliance, "/health"))[2])
+    assert health["fills_replaced"] == 1 and health["fills_in_flight"] == 0
+    third = await get(appliance, signed(TITLE, SEGMENT))
+    assert (third[0], third[1]["X-Cache"]) == (200, "HIT")  # the replacement was cached
 
 
 async def test_a_full_disk_degrades_but_keeps_serving(
