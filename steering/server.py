@@ -44,7 +44,7 @@ from steering.registry import (
 from streamcdn import service
 from streamcdn.config import Deployment
 from streamcdn.ids import is_valid_title_id
-from streamcdn.tokens import SIGNATURE_HEADER, verify_body
+from streamcdn.tokens import SIGNATURE_HEADER, key_ring, verify_body
 
 log = logging.getLogger("streamcdn.steering")
 
@@ -65,7 +65,9 @@ class Steering:
         self.backend = backend
         self.sites = {s.name: Site(s.name, s.cidrs, s.fallbacks) for s in deployment.sites}
         self.site_map = SiteMap(list(self.sites.values()), deployment.default_site)
-        self.keys = {a.id: deployment.heartbeat_key(a.id) for a in deployment.appliances}
+        self.keys = {
+            a.id: key_ring(list(deployment.heartbeat_keys(a.id))) for a in deployment.appliances
+        }
         self.views: list[ApplianceView] = []
         self.index = RankingIndex(self.sites, [], load_bound=deployment.load_bound)
         self.store_error: str | None = None
@@ -117,7 +119,12 @@ class Steering:
     async def _refresh_loop(self) -> None:
         while True:
             await asyncio.sleep(REFRESH_S)
-            for view, old in await self.refresh():
+            try:
+                changed = await self.refresh()
+            except Exception:  # a bug in one refresh must not freeze the view for good
+                log.exception("fleet refresh failed; serving the last view")
+                continue
+            for view, old in changed:
                 log.info(
                     "appliance status changed",
                     extra={"id": view.id, "from": old, "to": view.status, "reason": view.reason},
@@ -195,9 +202,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     appliance_id = data.get("id")
     if not isinstance(appliance_id, str) or appliance_id not in steering.keys:
         raise web.HTTPNotFound(text=f"unknown appliance id {str(appliance_id)[:64]!r}")
-    key = steering.keys[appliance_id]
     header = request.headers.get(SIGNATURE_HEADER, "")
-    if key is None or verify_body(body, header, {key.key_id: key}) is None:
+    if verify_body(body, header, steering.keys[appliance_id]) is None:
         raise web.HTTPUnauthorized(text=f"heartbeat not signed with {appliance_id}'s key")
     sent_at = data.get("sent_at")
     now = time.time()
