@@ -37,7 +37,7 @@ lint: install
 		streamcdn/config.py steering/ranking.py steering/content_steering.py steering/registry.py \
 		control/accounts.py control/catalog.py control/events.py control/edge.py \
 		player/abr player/traces.py player/video.py player/qoe.py player/simulate.py \
-		player/session.py player/loadtest.py
+		player/session.py player/loadtest.py streamcdn/chaos.py
 
 # Tests start their own redis-server (on a free port), drive Debian's chromium and play
 # with VLC: install them if missing.

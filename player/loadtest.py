@@ -24,6 +24,14 @@ Control's limits (docs/control.md, "Edge") and how the load test lives with them
 - ``source_ips`` also lets one machine act as viewers of several networks (steering
   places viewers by their address; Linux lets any client bind 127.0.0.0/8).
 
+Chaos (``chaos=``, :mod:`streamcdn.chaos`): while the players play, a
+:class:`~streamcdn.chaos.ChaosMonkey` runs the plan against the appliances' admin API,
+picking targets by where the players are (each player's appliance, from its live
+summary); every switch is turned off again at the end. The result's ``chaos`` lists
+every step with its time and targets and what the players felt from it until the next
+step: stalls, stall seconds, failovers, failed requests and failed plays, each counted
+when a player reports it (after the segment that ended it).
+
 CPU: the process's user + system time over the test (``resource.getrusage``), so
 ``players_per_core`` is ``players / (cpu_s / wall_s)``. Servers running in the same
 process (as in the tests) are counted too; run the stack elsewhere to measure players.
@@ -56,6 +64,8 @@ from player.session import (
     play,
     resolve_rule,
 )
+from streamcdn.chaos import ChaosMonkey, ChaosPlan, Felt, check_fits
+from streamcdn.chaos import report as chaos_report
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -81,6 +91,28 @@ class _Totals:
     summaries: list[PlaySummary] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
     timeline: list[dict[str, float]] = field(default_factory=list)
+    on: dict[int, str] = field(default_factory=dict)  # player -> the appliance it plays from
+    felt: list[Felt] = field(default_factory=list)  # changes in stalls, failovers, errors
+
+    def feel(self, t_s: float, summary: PlaySummary, before: Felt) -> Felt:
+        """Note what changed in ``summary`` since ``before``; the new totals."""
+        now = Felt(
+            t_s,
+            stalls=summary.stalls,
+            stall_s=summary.stall_s,
+            failovers=summary.failovers,
+            errors=sum(summary.errors.values()),
+        )
+        change = Felt(
+            t_s,
+            stalls=now.stalls - before.stalls,
+            stall_s=now.stall_s - before.stall_s,
+            failovers=now.failovers - before.failovers,
+            errors=now.errors - before.errors,
+        )
+        if change:
+            self.felt.append(change)
+        return now
 
 
 def _rule_factory(abr: str | Callable[[], AbrRule] | None) -> tuple[Callable[[], AbrRule], str]:
@@ -154,12 +186,14 @@ async def loadtest(
     max_buffer_s: float = 30.0,
     seed: int = 0,
     config: PlayerConfig = DEFAULT_CONFIG,
+    chaos: ChaosPlan | None = None,
 ) -> dict[str, Any]:
     """Run ``players`` players for ``duration_s`` seconds of playing; the result as JSON.
 
     ``abr``: a rule name (default: the package's default rule) or a factory giving each
     player its own rule. ``traces``: traces (or their directory), dealt to players in
-    turn. ``titles``: what to play (default: the catalog). See the module for the rest.
+    turn. ``titles``: what to play (default: the catalog). ``chaos``: failures to inject
+    meanwhile. See the module for the rest.
     """
     if players < 1:
         raise ValueError(f"players: expected >= 1, got {players}")
@@ -167,6 +201,8 @@ async def loadtest(
         raise ValueError(f"duration_s: expected seconds > 0, got {duration_s}")
     if players_per_account < 1:
         raise ValueError(f"players_per_account: expected >= 1, got {players_per_account}")
+    if chaos is not None:
+        check_fits(chaos.actions, duration_s)
     make_rule, rule_name = _rule_factory(abr)
     trace_list = _traces(traces)
     limit = 2 * players + 50  # each player holds one connection at a time, events one more
@@ -182,7 +218,10 @@ async def loadtest(
     controls = [ControlClient(control_url, http) for http in https]
     events = EventPoster(control_url, https[0])
     totals = _Totals()
+    monkey = ChaosMonkey(chaos, serving=lambda: Counter(totals.on.values())) if chaos else None
     try:
+        if monkey is not None:
+            await monkey.check()
         tokens = await _tokens(
             controls,
             account_emails(email, math.ceil(players / players_per_account)),
@@ -211,14 +250,19 @@ async def loadtest(
                 except (PlayerError, TimeoutError) as exc:
                     if isinstance(exc, PlayerError):
                         totals.errors["play_refused"] += 1
+                        totals.felt.append(Felt(loop.time() - start, player_errors=1))
                         await asyncio.sleep(1.0)
                     continue
                 counted = 0
+                seen = Felt(0.0)
 
                 def on_status(s: PlaySummary) -> None:
-                    nonlocal counted
+                    nonlocal counted, seen
                     totals.bytes += s.bytes - counted
                     counted = s.bytes
+                    seen = totals.feel(loop.time() - start, s, seen)
+                    if s.appliances:
+                        totals.on[i] = s.appliances[-1]
 
                 totals.playing += 1
                 summary: PlaySummary | None = None
@@ -238,12 +282,15 @@ async def loadtest(
                     )
                 except PlayerError as exc:
                     totals.errors["player_error"] += 1
+                    totals.felt.append(Felt(loop.time() - start, player_errors=1))
                     summary = exc.summary
                     if summary is None:
                         await asyncio.sleep(1.0)
                 finally:
                     totals.playing -= 1
+                    totals.on.pop(i, None)
                 if summary is not None:
+                    totals.feel(loop.time() - start, summary, seen)
                     totals.bytes += summary.bytes - counted
                     totals.summaries.append(summary)
                     totals.sessions.append({"player": i, **summary.to_json(timeline=False)})
@@ -265,13 +312,23 @@ async def loadtest(
                 last_bytes, last_t = totals.bytes, now
 
         sampler = asyncio.create_task(sample())
+        chaos_task = asyncio.create_task(monkey.run(duration_s, start=start)) if monkey else None
         try:
             await asyncio.gather(*(one_player(i) for i in range(players)))
         finally:
             sampler.cancel()
+            if chaos_task is not None:
+                chaos_task.cancel()
+                await asyncio.gather(chaos_task, return_exceptions=True)
         wall_s = loop.time() - start
         cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+        chaos_result = None
+        if monkey is not None:
+            cleared = await monkey.clear()
+            chaos_result = chaos_report(monkey, totals.felt, wall_s, cleared)
     finally:
+        if monkey is not None:
+            await monkey.close()
         await events.close()
         for http in https:
             await http.close()
@@ -302,6 +359,7 @@ async def loadtest(
             "players_per_core": round(players / cores, 1) if cores > 0 else None,
         },
         "events": events.to_json(),
+        "chaos": chaos_result,
         "timeline": totals.timeline,
         "sessions": totals.sessions,
     }
@@ -327,6 +385,39 @@ def _aggregate(sessions: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "failovers": sum(s["failovers"] for s in sessions),
         "segments": sum(s["segments"] for s in sessions),
     }
+
+
+def format_chaos(chaos: dict[str, Any]) -> Table:
+    """The chaos steps of a load test and what the players felt after each, as a table."""
+    from rich.table import Table
+
+    table = Table(title=f"chaos: {', '.join(chaos['spec'])}")
+    for column in ("from s", "to s", "action", "targets (why)", "result"):
+        table.add_column(column)
+    for column in ("stalls (s)", "failovers", "errors", "failed plays"):
+        table.add_column(column, justify="right")
+
+    def felt(f: dict[str, Any]) -> list[str]:
+        return [
+            f"{f['stalls']} ({f['stall_s']:.1f})",
+            str(f["failovers"]),
+            str(f["errors"]),
+            str(f["player_errors"]),
+        ]
+
+    before = chaos["before"]
+    table.add_row("0.0", f"{before['until_s']:.1f}", "(before)", "", "", *felt(before))
+    for a in chaos["actions"]:
+        name = a["action"] + {"end": " ends", "again": " again"}.get(a["phase"], "")
+        targets = f"{', '.join(a['targets']) or '-'} ({a['why']})"
+        result = "ok" if a["ok"] else f"[red]{a['detail']}[/]"
+        table.add_row(
+            f"{a['t_s']:.1f}", f"{a['until_s']:.1f}", name, targets, result, *felt(a["felt"])
+        )
+    not_cleared = {k: v for k, v in chaos["cleared"].items() if v != "cleared"}
+    if not_cleared:
+        table.caption = "not cleared: " + "; ".join(f"{k}: {v}" for k, v in not_cleared.items())
+    return table
 
 
 def format_loadtest(result: dict[str, Any]) -> Table:

@@ -172,10 +172,26 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         keys=keys or (deployment.signing_keys if deployment else ()),
         heartbeat_key=deployment.heartbeat_key(args.id) if deployment else None,
         admin_key=pick(args.admin_key, deployment and deployment.admin_key),
+        previous_admin_keys=deployment.admin_keys[1:] if deployment and not args.admin_key else (),
         open=args.open or bool(entry and entry.open),
         steering=pick(args.steering, deployment and deployment.steering_url),
         url=pick(args.url, entry and entry.url),
         read_ahead_segments=args.read_ahead,
+        lock_timeout_s=pick(entry and entry.lock_timeout_s, ApplianceConfig.lock_timeout_s),
+        upstream_head_timeout_s=pick(
+            entry and entry.upstream_head_timeout_s, ApplianceConfig.upstream_head_timeout_s
+        ),
+        upstream_min_body_bps=pick(
+            entry and entry.upstream_min_body_bps, ApplianceConfig.upstream_min_body_bps
+        ),
+        scrub_bytes_per_s=pick(
+            entry and entry.scrub_bytes_per_s, ApplianceConfig.scrub_bytes_per_s
+        ),
+        limiter_initial=pick(entry and entry.limiter_initial, ApplianceConfig.limiter_initial),
+        limiter_max=pick(entry and entry.limiter_max, ApplianceConfig.limiter_max),
+        limiter_lag_target_s=pick(
+            entry and entry.limiter_lag_target_s, ApplianceConfig.limiter_lag_target_s
+        ),
         capacity_mbps=entry.capacity_mbps if entry else None,
         heartbeat_interval_s=deployment.heartbeat_interval_s if deployment else 1.0,
     )  # type: ignore[arg-type]  # pick() of a non-None default is not None
@@ -306,23 +322,29 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
     import asyncio
     import json
 
-    from player.loadtest import format_loadtest, loadtest
+    from player.loadtest import format_chaos, format_loadtest, loadtest
+    from player.session import PlayerError
 
     if not 1 <= args.players <= 10_000:
         raise UserError("--players: expected 1..10000")
     if args.trace is not None and not args.trace.is_dir():
         raise UserError(f"--trace {args.trace}: not a folder of traces")
-    result = asyncio.run(
-        loadtest(
-            args.control.rstrip("/"),
-            args.players,
-            args.duration,
-            email=args.email,
-            password=viewer_password(args),
-            abr=check_abr(args.abr),
-            traces=args.trace,
+    chaos = chaos_plan(args) if args.chaos else None
+    try:
+        result = asyncio.run(
+            loadtest(
+                args.control.rstrip("/"),
+                args.players,
+                args.duration,
+                email=args.email,
+                password=viewer_password(args),
+                abr=check_abr(args.abr),
+                traces=args.trace,
+                chaos=chaos,
+            )
         )
-    )
+    except PlayerError as exc:  # control unreachable, login refused, no title
+        raise UserError(str(exc)) from None
     if args.plot:
         from player.plot import plot_loadtest
 
@@ -331,6 +353,37 @@ def cmd_loadtest(args: argparse.Namespace) -> None:
         print(json.dumps(result))
     else:
         console.print(format_loadtest(result))
+        if result["chaos"] is not None:
+            console.print(format_chaos(result["chaos"]))
+
+
+DEMO_DEPLOYMENT = Path(".demo") / "deployment.toml"
+
+
+def chaos_plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The --chaos plan of a load test: the fleet and its admin key from the deployment
+    file (--config, else the demo's), the actions checked against it."""
+    import os
+
+    from streamcdn.chaos import ChaosPlan, check_fits, parse_spec
+    from streamcdn.config import load
+
+    path = args.config or (DEMO_DEPLOYMENT if DEMO_DEPLOYMENT.exists() else None)
+    if path is None:
+        raise UserError("--chaos needs the fleet's deployment file: --config FILE")
+    deployment = load(path)
+    appliances = {a.id: a.url for a in deployment.appliances}
+    if not appliances:
+        raise UserError(f"--chaos: {path} lists no appliance")
+    key = args.admin_key or os.environ.get("STREAMCDN_ADMIN_KEY") or deployment.admin_key
+    if not key:
+        raise UserError(
+            "--chaos needs the admin key: --admin-key, $STREAMCDN_ADMIN_KEY "
+            f"or keys.admin in {path}"
+        )
+    actions = parse_spec(args.chaos, appliances)
+    check_fits(actions, args.duration)
+    return ChaosPlan(actions, appliances, key)
 
 
 def cmd_status(args: argparse.Namespace) -> None:
@@ -342,7 +395,7 @@ def cmd_status(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from streamcdn.demo import run_demo
 
-    run_demo(args.data, port_base=args.port_base, quick=args.quick)
+    run_demo(args.data, port_base=args.port_base, quick=args.quick, chaos=args.chaos)
 
 
 # -- parser ------------------------------------------------------------------------
@@ -376,6 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make small samples (6 s, 640x360) instead of 30 s 1080p ones, for a fast look",
     )
+    add_chaos_arg(p)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("sample", help="make a synthetic sample title (MP4 with motion and a tone)")
@@ -536,6 +590,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trace", type=Path, metavar="DIR", help="traces dealt to players in turn")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--plot", type=Path, metavar="FILE.png", help="egress and QoE over players")
+    add_chaos_arg(p)
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="the deployment file, for --chaos: appliances and admin key "
+        f"(default ./{DEMO_DEPLOYMENT} when it exists)",
+    )
+    p.add_argument(
+        "--admin-key",
+        help="the appliances' admin key, for --chaos "
+        "(default $STREAMCDN_ADMIN_KEY, else the config's)",
+    )
     p.set_defaults(func=cmd_loadtest)
 
     p = sub.add_parser("status", help="the fleet as steering sees it, as a table")
@@ -543,6 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print /fleet's JSON instead")
     p.set_defaults(func=cmd_status)
     return parser
+
+
+def add_chaos_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--chaos",
+        action="append",
+        metavar="SPEC",
+        help="failures to inject, e.g. kill-appliance:every=20s, slow-upstream:200ms, "
+        "drop-heartbeats:a1 (comma-separated or repeated; see docs/reliability.md)",
+    )
 
 
 def add_viewer_args(p: argparse.ArgumentParser) -> None:

@@ -5,6 +5,11 @@ complexity and three cache appliances: ``ix1`` at an exchange point, filling fro
 origin, and ``a1``, ``a2`` embedded in an ISP, filling from ``ix1`` and then the origin.
 The first run makes and ingests the samples (a few minutes on two cores); later runs
 find them and start at once.
+
+A :class:`Supervisor` restarts any service that dies (after 2 s, doubling while it keeps
+dying young), as systemd's ``Restart=always`` would for a real fleet; with ``--chaos``
+(:mod:`streamcdn.chaos`) a chaos monkey runs against the appliances meanwhile, so the
+dashboard shows them fail and come back.
 """
 
 from __future__ import annotations
@@ -18,13 +23,18 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from streamcdn.errors import UserError
 from streamcdn.progress import console
+
+if TYPE_CHECKING:
+    from streamcdn.chaos import ChaosPlan, Record
 
 SAMPLE_DURATION_S = 30.0
 SAMPLE_SIZE = (1920, 1080)
@@ -33,6 +43,9 @@ QUICK_SIZE = (640, 360)
 START_TIMEOUT_S = 20.0
 STEERING_OFFSET = 1  # ports: control = base, steering = base + 1, origin = base + 2
 ORIGIN_OFFSET = 2
+RESTART_DELAY_S = 2.0  # a dead service is started again after this...
+RESTART_DELAY_MAX_S = 30.0  # ...doubling up to this while it keeps dying young
+STABLE_AFTER_S = 10.0  # a service that served this long before dying was not crash-looping
 
 
 @dataclass(frozen=True)
@@ -92,27 +105,31 @@ def start_service(name: str, args: list[str], url: str, log_path: Path) -> subpr
     """Start ``streamcdn serve ...`` in its own process; wait until /health answers."""
     if _healthy(url):
         raise UserError(f"{name}: something already answers at {url}; stop it or use --port-base")
-    log = log_path.open("ab")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamcdn.cli", "serve", *args],
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
+    with log_path.open("ab") as log:  # the child has its own copy
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streamcdn.cli", "serve", *args],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
     deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise UserError(f"{name} exited with {proc.returncode}; see {log_path}")
-        if _healthy(url):
-            return proc
-        time.sleep(0.1)
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise UserError(f"{name} exited with {proc.returncode}; see {log_path}")
+            if _healthy(url):
+                return proc
+            time.sleep(0.1)
+    except KeyboardInterrupt:  # in its own session, it did not get the Ctrl-C
+        proc.kill()
+        raise
     proc.kill()
     raise UserError(
         f"{name} did not answer at {url} within {START_TIMEOUT_S:.0f} s; see {log_path}"
     )
 
 
-def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+def stop_all(procs: Sequence[subprocess.Popen[bytes]]) -> None:
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -121,6 +138,101 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait(timeout=15)
         except subprocess.TimeoutExpired:
             p.kill()
+
+
+@dataclass
+class Supervised:
+    name: str
+    args: list[str]
+    url: str
+    log: Path
+    proc: subprocess.Popen[bytes]
+    started_at: float
+    restart_at: float | None = None  # set when its death is noticed
+    delay_s: float = RESTART_DELAY_S
+    restarts: int = 0
+
+
+class Supervisor:
+    """Starts services and starts again any that exits, after a delay that doubles (up to
+    RESTART_DELAY_MAX_S) while it keeps failing to start or dying within STABLE_AFTER_S:
+    what systemd's ``Restart=always`` does for a real fleet. Call :meth:`check` often."""
+
+    def __init__(
+        self, say: Callable[[str], None] = console.print, *, delay_s: float = RESTART_DELAY_S
+    ) -> None:
+        self.say = say
+        self.delay_s = delay_s
+        self.services: list[Supervised] = []
+
+    def start(self, name: str, args: list[str], url: str, log: Path) -> Supervised:
+        proc = start_service(name, args, url, log)
+        service = Supervised(name, args, url, log, proc, time.monotonic(), delay_s=self.delay_s)
+        self.services.append(service)
+        return service
+
+    def check(self) -> None:
+        now = time.monotonic()
+        for s in self.services:
+            if s.proc.poll() is None:
+                continue
+            if s.restart_at is None:
+                if now - s.started_at >= STABLE_AFTER_S:
+                    s.delay_s = self.delay_s  # it ran well: not a crash loop
+                s.restart_at = now + s.delay_s
+                self.say(
+                    f"[yellow]{s.name} exited with {s.proc.returncode}; starting it again in "
+                    f"{s.delay_s:g} s (its log: {s.log})[/]"
+                )
+                s.delay_s = min(2 * s.delay_s, RESTART_DELAY_MAX_S)
+            elif now >= s.restart_at:
+                try:
+                    s.proc = start_service(s.name, s.args, s.url, s.log)
+                except UserError as exc:
+                    s.restart_at = time.monotonic() + s.delay_s
+                    self.say(f"[red]{s.name} did not start again: {exc}[/]")
+                    s.delay_s = min(2 * s.delay_s, RESTART_DELAY_MAX_S)
+                    continue
+                s.started_at, s.restart_at = time.monotonic(), None
+                s.restarts += 1
+                self.say(f"[green]{s.name} is back at {s.url} (restart {s.restarts})[/]")
+
+    def stop_all(self) -> None:
+        stop_all([s.proc for s in self.services])
+
+
+PHASE_SUFFIX = {"end": " ends", "again": " again"}
+
+
+def _say_chaos(record: Record) -> None:
+    what = f"{record.action}{PHASE_SUFFIX.get(record.phase, '')}"
+    targets = ", ".join(record.targets) or "-"
+    result = "ok" if record.ok else f"[red]{record.detail}[/]"
+    console.print(
+        f"[magenta]chaos at {record.t_s:.1f} s: {what} on {targets} ({record.why}): {result}[/]"
+    )
+
+
+def start_chaos(plan: ChaosPlan) -> Callable[[], None]:
+    """Run a chaos monkey for ``plan`` on a loop of its own thread; returns its stop."""
+    import asyncio
+    import threading
+
+    from streamcdn.chaos import ChaosMonkey
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="chaos", daemon=True)
+    thread.start()
+    monkey = ChaosMonkey(plan, on_record=_say_chaos)
+    future = asyncio.run_coroutine_threadsafe(monkey.run(), loop)
+
+    def stop() -> None:
+        loop.call_soon_threadsafe(future.cancel)
+        asyncio.run_coroutine_threadsafe(monkey.close(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+
+    return stop
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -225,10 +337,17 @@ def deployment_toml(
 
 
 def run_demo(
-    data: Path, *, port_base: int = 8080, host: str = "127.0.0.1", quick: bool = False
+    data: Path,
+    *,
+    port_base: int = 8080,
+    host: str = "127.0.0.1",
+    quick: bool = False,
+    chaos: Sequence[str] | None = None,
 ) -> None:
+    from streamcdn.chaos import ChaosPlan, parse_spec
     from streamcdn.tokens import SigningKey, sign, title_prefix
 
+    actions = parse_spec(chaos, [a.id for a in APPLIANCES]) if chaos else []
     highest = port_base + max(a.port_offset for a in APPLIANCES)
     if highest > 65535:
         raise UserError(f"--port-base {port_base}: the demo uses ports up to +22; at most 65513")
@@ -243,43 +362,36 @@ def run_demo(
     steering_url = f"http://{host}:{port_base + STEERING_OFFSET}"
     control_url = f"http://{host}:{port_base}"
     urls = {a.id: f"http://{host}:{port_base + a.port_offset}" for a in APPLIANCES}
-    procs: list[subprocess.Popen[bytes]] = []
+    supervisor = Supervisor()
+    stop_chaos: Callable[[], None] | None = None
     config = data / "deployment.toml"
     toml = deployment_toml(data, store_dir, host=host, port_base=port_base, keys=keys)
     config.write_text(toml)
     try:
-        procs.append(
-            start_service(
-                "origin",
-                ["origin", "--config", str(config), "--host", host],
-                origin_url,
-                logs / "origin.log",
-            )
+        supervisor.start(
+            "origin",
+            ["origin", "--config", str(config), "--host", host],
+            origin_url,
+            logs / "origin.log",
         )
-        procs.append(
-            start_service(
-                "steering",
-                ["steering", "--config", str(config), "--host", host],
-                steering_url,
-                logs / "steering.log",
-            )
+        supervisor.start(
+            "steering",
+            ["steering", "--config", str(config), "--host", host],
+            steering_url,
+            logs / "steering.log",
         )
         for a in APPLIANCES:
-            procs.append(
-                start_service(
-                    a.id,
-                    ["appliance", "--config", str(config), "--id", a.id, "--host", host],
-                    urls[a.id],
-                    logs / f"{a.id}.log",
-                )
+            supervisor.start(
+                a.id,
+                ["appliance", "--config", str(config), "--id", a.id, "--host", host],
+                urls[a.id],
+                logs / f"{a.id}.log",
             )
-        procs.append(
-            start_service(
-                "control",
-                ["control", "--config", str(config), "--host", host],
-                control_url,
-                logs / "control.log",
-            )
+        supervisor.start(
+            "control",
+            ["control", "--config", str(config), "--host", host],
+            control_url,
+            logs / "control.log",
         )
         ensure_account(control_url, DEMO_EMAIL, keys["demo_password"])
         key = SigningKey.parse(keys["signing_key"])
@@ -342,21 +454,19 @@ def run_demo(
             f"--admin-key $(jq -r .admin_key {data / 'secrets.json'}) --top 3"
         )
         console.print(f"The fleet:  streamcdn status --steering {steering_url}")
+        if actions:
+            console.print(
+                f"Chaos: {', '.join(a.text for a in actions)}; watch {steering_url}/dashboard"
+            )
+            stop_chaos = start_chaos(ChaosPlan(actions, urls, keys["admin_key"]))
         console.print("Ctrl-C stops everything.")
-        names = ["origin", "steering", *(a.id for a in APPLIANCES), "control"]
-        gone: set[str] = set()
-        while len(gone) < len(procs):
-            for name, p in zip(names, procs, strict=True):
-                if p.poll() is not None and name not in gone:
-                    # Designed for failure: the rest keep serving without it.
-                    gone.add(name)
-                    console.print(
-                        f"[yellow]{name} exited with {p.returncode}; the others keep running "
-                        f"(its log: {logs / name}.log)[/]"
-                    )
+        while True:
+            # Designed for failure: the rest keep serving while a dead service restarts.
+            supervisor.check()
             time.sleep(0.5)
-        raise UserError(f"every service has exited; see the logs in {logs}")
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
-        stop_all(procs)
+        if stop_chaos is not None:
+            stop_chaos()
+        supervisor.stop_all()
