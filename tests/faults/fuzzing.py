@@ -40,3 +40,31 @@ class LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.loop.close()
+
+
+def mutate(text: str, ops: list[tuple], end: str = "\n") -> str:  # type: ignore[type-arg]
+    """``text`` after line and character edits: ``(op, index, ...)`` with op one of delete,
+    dup (n times), swap, replace, insert (a line), chars (inserted at a character), cut."""
+    lines = text.splitlines()
+    for op, *args in ops:
+        if not lines:
+            break
+        i = args[0] % len(lines)
+        if op == "delete":
+            del lines[i]
+        elif op == "dup":
+            lines[i:i] = [lines[i]] * args[1]
+        elif op == "swap":
+            j = args[1] % len(lines)
+            lines[i], lines[j] = lines[j], lines[i]
+        elif op == "replace":
+            lines[i] = args[1]
+        elif op == "insert":
+            lines.insert(i, args[1])
+        elif op == "chars":
+            joined = "\n".join(lines)
+            at = args[0] % (len(joined) + 1)
+            lines = (joined[:at] + args[1] + joined[at:]).splitlines()
+        elif op == "cut":
+            lines = "\n".join(lines)[: args[0]].splitlines()
+    return "\n".join(lines) + end

@@ -30,7 +30,7 @@ from player.session import (
     play,
 )
 from streamcdn import service
-from tests.faults.fuzzing import LoopThread, fuzz
+from tests.faults.fuzzing import LoopThread, fuzz, mutate
 
 MASTER = """#EXTM3U
 #EXT-X-VERSION:7
@@ -108,32 +108,6 @@ OPS = st.lists(
     ),
     max_size=6,
 )
-
-
-def mutate(text: str, ops: list[tuple]) -> str:  # type: ignore[type-arg]
-    lines = text.splitlines()
-    for op, *args in ops:
-        if not lines:
-            break
-        i = args[0] % len(lines)
-        if op == "delete":
-            del lines[i]
-        elif op == "dup":
-            lines[i:i] = [lines[i]] * args[1]
-        elif op == "swap":
-            j = args[1] % len(lines)
-            lines[i], lines[j] = lines[j], lines[i]
-        elif op == "replace":
-            lines[i] = args[1]
-        elif op == "insert":
-            lines.insert(i, args[1])
-        elif op == "chars":
-            joined = "\n".join(lines)
-            at = args[0] % (len(joined) + 1)
-            lines = (joined[:at] + args[1] + joined[at:]).splitlines()
-        elif op == "cut":
-            lines = "\n".join(lines)[: args[0]].splitlines()
-    return "\n".join(lines) + "\n"
 
 
 PLAYLISTS = st.one_of(

@@ -22,7 +22,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from player.traces import Trace, TraceError, load_trace
-from tests.faults.fuzzing import fuzz
+from tests.faults.fuzzing import fuzz, mutate
 
 NUMBERS = st.one_of(
     st.integers(0, 10**6).map(str),
@@ -65,30 +65,11 @@ REAL = {
 }
 
 
-def mutate(text: str, ops: list[tuple]) -> str:  # type: ignore[type-arg]
-    lines = text.splitlines()
-    for op, *args in ops:
-        if not lines:
-            break
-        i = args[0] % len(lines)
-        if op == "delete":
-            del lines[i]
-        elif op == "dup":
-            lines[i:i] = [lines[i]] * args[1]
-        elif op == "chars":
-            joined = "\n".join(lines)
-            at = args[0] % (len(joined) + 1)
-            lines = (joined[:at] + args[1] + joined[at:]).splitlines()
-        else:
-            lines = "\n".join(lines)[: args[0]].splitlines()
-    return "\n".join(lines)
-
-
 CONTENT = st.one_of(
     SABRE,
     PENSIEVE,
     MAHIMAHI,
-    st.tuples(st.sampled_from(list(REAL.values())), OPS).map(lambda b: mutate(*b)),
+    st.tuples(st.sampled_from(list(REAL.values())), OPS).map(lambda b: mutate(*b, end="")),
     st.text(max_size=200),
     st.binary(max_size=200),
 )
