@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -42,10 +43,22 @@ def title_dir(store: TitleStore) -> Path:
     return store.root / TITLE
 
 
+# Ports handed out for servers that bind later come from below the kernel's ephemeral
+# range (32768-60999 on Linux): a port from inside it can be taken, between this check
+# and the bind, by any outgoing connection's local end (a heartbeat, a fill).
+SERVER_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(1000):
+        port = random.choice(SERVER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {SERVER_PORTS} after 1000 tries")
 
 
 def wait_for_port(

@@ -85,7 +85,7 @@ def play_one_segment(control: str, account: dict) -> int:
 def free_port_base(span: int) -> int:
     """A port P with P .. P + span - 1 all free now (the demo listens on several)."""
     for _ in range(200):
-        base = random.randrange(20_000, 60_000)
+        base = random.randrange(20_000, 32_768 - span)  # below the ephemeral range
         socks = []
         try:
             for port in range(base, base + span):
