@@ -141,6 +141,27 @@ class Front:
         self.aiohttp: Callable[[], asyncio.Protocol] | None = None
         self.access_log: logging.Logger | None = None
         self.keepalive_timeout_s = service.KEEPALIVE_TIMEOUT_S
+        self._shed_heads: dict[tuple[str, str, bool], bytes] = {}
+
+    def shed_head(self, retry_after: str, close: bool) -> bytes:
+        """The head of a 503 (RFC 9110 15.6.4, 10.2.3), built once per second: under
+        overload most answers are these, and each must cost far less than a hit."""
+        date = self.date.now()
+        key = (date, retry_after, close)
+        head = self._shed_heads.get(key)
+        if head is None:
+            if len(self._shed_heads) > 64:
+                self._shed_heads.clear()  # older seconds
+            lines = [
+                "HTTP/1.1 503 Service Unavailable",
+                f"Date: {date}",
+                "Content-Type: text/plain; charset=utf-8",
+                f"Content-Length: {len(SHED_BODY)}",
+                f"Retry-After: {retry_after}",
+                *(["Connection: close"] if close else []),
+            ]
+            head = self._shed_heads[key] = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        return head
 
     def wrap(
         self,
@@ -267,25 +288,28 @@ class FrontProtocol(asyncio.Protocol):
             return False
         key = f"titles/{title}/{rel}"
         appliance = self.appliance
+        route = _ROUTES[m.group(1) is not None]
+        if not appliance.limiter.try_acquire():
+            # Shed first, before the token's HMAC and the lookup, and not through aiohttp:
+            # under overload a 503 must cost far less than the answer it replaces, and the
+            # connection stays on the fast path for its next request.
+            del self.buf[: request.head_len]
+            self._shed(request, route, started)
+            return True
         if token is None:
             if request.auth is not None:
                 if not request.auth.startswith("Bearer "):
+                    appliance.limiter.cancel()
                     return False
                 token = request.auth.removeprefix("Bearer ").strip()
             elif not appliance.config.open:
+                appliance.limiter.cancel()
                 return False
         if token is not None:
             grant = verify(token, key, keys=appliance.keys, now=time.time(), client_ip=self.remote)
             if isinstance(grant, TokenError):
+                appliance.limiter.cancel()
                 return False  # aiohttp's path answers 403 with the reason
-        route = _ROUTES[m.group(1) is not None]
-        if not appliance.limiter.try_acquire():
-            # Shed here, before the lookup and not through aiohttp: under overload a 503
-            # must cost far less than the answer it replaces, and the connection stays on
-            # the fast path for its next request.
-            del self.buf[: request.head_len]
-            self._shed(request, route, started)
-            return True
         hit = appliance.find_hit(key, request.headers)
         if hit is None:
             appliance.limiter.cancel()  # aiohttp's path takes it, and a slot of its own
@@ -332,15 +356,7 @@ class FrontProtocol(asyncio.Protocol):
         """Answer 503 with Retry-After (RFC 9110 15.6.4, 10.2.3): the limiter is full."""
         assert self.transport is not None
         close = request.close or self.front.closing
-        lines = [
-            "HTTP/1.1 503 Service Unavailable",
-            f"Date: {self.front.date.now()}",
-            "Content-Type: text/plain; charset=utf-8",
-            f"Content-Length: {len(SHED_BODY)}",
-            *(f"{k}: {v}" for k, v in self.appliance.shed().items()),
-            *(["Connection: close"] if close else []),
-        ]
-        head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+        head = self.front.shed_head(self.appliance.shed()["Retry-After"], close)
         self.transport.write(head if request.method == "HEAD" else head + SHED_BODY)
         self._log(request, route, 503, 0, started)
         if close:
