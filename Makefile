@@ -71,6 +71,7 @@ bench: install
 	$(BIN)/python bench/serve.py
 	$(BIN)/python bench/steering.py
 	$(BIN)/python bench/abr.py || true  # prints PASS/FAIL per trace family; see bench/README.md
+	$(BIN)/python bench/overload.py || true  # prints PASS/FAIL per claim; see bench/README.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis

@@ -32,6 +32,8 @@ import ffmpeg as ffmpeg_graph
 from rich.console import Console
 from rich.table import Table
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # `python bench/transcode.py`
+
 from bench.host import cpu_model
 from media import ffmpeg
 from media.ladder import AUDIO_CHANNELS, AUDIO_KBPS, AUDIO_RATE_HZ, SEGMENT_S, Rung, plan_ladder
