@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -9,7 +11,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, soft_wrap=True)  # URLs must stay whole to be copied
+# URLs must stay whole to be copied; piped to a file, tables get room for their columns
+# (rich would squeeze them into 80) unless COLUMNS says otherwise.
+PIPED_WIDTH = 160
+console = Console(
+    stderr=True,
+    soft_wrap=True,
+    width=None if sys.stderr.isatty() or "COLUMNS" in os.environ else PIPED_WIDTH,
+)
 
 
 @contextmanager
