@@ -34,6 +34,22 @@ async def appliance_results(stack: Stack, appliance: str) -> dict[str, int]:
     return {result: int(float(n)) for result, n in found}
 
 
+def behind_a_proxied_parent(
+    store: TitleStore,
+) -> tuple[dict[str, str], int, str, list[ApplianceSpec]]:
+    """a1 with upstreams [parent, origin], the parent being ix1 reached through a proxy
+    port of the test's (default lock and head timeouts: what a deployment gets untuned):
+    (the title's digests, the proxy's port, the parent's URL, the specs)."""
+    digests = {rel: f["xxh3-128"] for rel, f in store.manifest(TITLE)["files"].items()}
+    proxy_port = free_port()
+    parent = f"http://127.0.0.1:{proxy_port}"
+    specs = [
+        ApplianceSpec("ix1", site="ix"),
+        ApplianceSpec("a1", upstreams=(parent, "origin"), flags=("--read-ahead", "0")),
+    ]
+    return digests, proxy_port, parent, specs
+
+
 async def test_waiters_on_a_stuck_fill_replace_it_after_the_lock_timeout(
     tmp_path: Path, store: TitleStore
 ) -> None:
@@ -85,14 +101,7 @@ async def test_waiters_on_a_stuck_fill_replace_it_after_the_lock_timeout(
 async def test_a_parent_that_trickles_every_answer_is_passed_over_within_the_head_deadline(
     tmp_path: Path, store: TitleStore
 ) -> None:
-    digests = {rel: f["xxh3-128"] for rel, f in store.manifest(TITLE)["files"].items()}
-    proxy_port = free_port()
-    parent = f"http://127.0.0.1:{proxy_port}"
-    specs = [
-        ApplianceSpec("ix1", site="ix"),
-        # Default lock and head timeouts: what a deployment gets without tuning.
-        ApplianceSpec("a1", upstreams=(parent, "origin"), flags=("--read-ahead", "0")),
-    ]
+    digests, proxy_port, parent, specs = behind_a_proxied_parent(store)
     head_deadline_s = ApplianceConfig.upstream_head_timeout_s
     player_first_byte_s = PlayerConfig().read_timeout_s
     async with Stack(tmp_path, store, specs) as stack:
@@ -130,13 +139,7 @@ async def test_a_parent_that_trickles_every_answer_is_passed_over_within_the_hea
 async def test_a_flapping_parent_trips_its_breaker_and_misses_go_to_the_origin(
     tmp_path: Path, store: TitleStore
 ) -> None:
-    digests = {rel: f["xxh3-128"] for rel, f in store.manifest(TITLE)["files"].items()}
-    proxy_port = free_port()
-    parent = f"http://127.0.0.1:{proxy_port}"
-    specs = [
-        ApplianceSpec("ix1", site="ix"),
-        ApplianceSpec("a1", upstreams=(parent, "origin"), flags=("--read-ahead", "0")),
-    ]
+    digests, proxy_port, parent, specs = behind_a_proxied_parent(store)
     async with Stack(tmp_path, store, specs) as stack:
         proxy = Proxy(stack.port("ix1"))
         await proxy.start(proxy_port)
