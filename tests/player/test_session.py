@@ -215,6 +215,7 @@ async def start_appliance(tmp: Path, origin: str, id_: str) -> service.Running:
         keys=(KEY,),
         mem_bytes=64 * 10**6,
         disk_bytes=256 * 10**6,
+        limiter_lag_target_s=0.0,  # the loop is shared with the player: its delay is not load
     )
     return await service.start(create_appliance(config), host="127.0.0.1", port=0, access_log=False)
 
