@@ -95,6 +95,14 @@ def _authorize(request: web.Request) -> None:
         raise web.HTTPUnauthorized(text="admin key required: Authorization: Bearer <key>")
 
 
+def _authorize_chaos(request: web.Request) -> None:
+    _authorize(request)
+    if not request.app[APPLIANCE_KEY].config.chaos:
+        raise web.HTTPForbidden(
+            text="chaos is turned off on this appliance (chaos = false in its deployment entry)"
+        )
+
+
 def _wanted(rel: str, renditions: list[str] | None) -> bool:
     if renditions is None or "/" not in rel:
         return True  # master playlist, manifest: always
@@ -248,12 +256,12 @@ class Admin:
         return web.json_response({"titles": dict(sorted(titles.items()))})
 
     async def get_chaos(self, request: web.Request) -> web.Response:
-        _authorize(request)
+        _authorize_chaos(request)
         return web.json_response(asdict(self.appliance.chaos))
 
     async def set_chaos(self, request: web.Request) -> web.Response:
         """Turn switches on or off: the fields given change, the others stay as they are."""
-        _authorize(request)
+        _authorize_chaos(request)
         body = await self._json(request)
         unknown = sorted(set(body) - set(CHAOS_FIELDS))
         if unknown:
@@ -290,7 +298,7 @@ class Admin:
         return web.json_response(asdict(self.appliance.chaos))
 
     async def clear_chaos(self, request: web.Request) -> web.Response:
-        _authorize(request)
+        _authorize_chaos(request)
         self.appliance.chaos = Chaos()
         log.warning("chaos switches cleared")
         return web.json_response(asdict(self.appliance.chaos))

@@ -32,6 +32,7 @@ class ApplianceConfig:
     admin_key: str | None = None
     previous_admin_keys: tuple[str, ...] = ()  # still accepted while the admin key rotates
     open: bool = False  # serve unsigned /titles/... too
+    chaos: bool = True  # /admin/chaos may inject failures (false: it answers 403)
     steering: str | None = None
     url: str | None = None  # public URL, if not http://host:port
     # A waiter that has no headers from a fill after this replaces it with a fresh fill.

@@ -353,6 +353,8 @@ class ChaosMonkey:
             where = ", ".join(f"{i} at {url}" for i, url in self.plan.appliances.items())
             raise ChaosError(f"--chaos: no appliance answered ({where}); is the fleet up?")
         for appliance, (status, text) in probed.items():
+            if status == 403 and "chaos is turned off" in text:
+                raise ChaosError(f"--chaos: appliance {appliance}: {_error_of(text)}")
             if status in (401, 403):
                 raise ChaosError(
                     f"--chaos: appliance {appliance} refused the admin key (HTTP {status}: "
@@ -456,6 +458,15 @@ class ChaosMonkey:
             i: "cleared" if status == 200 else (f"HTTP {status}: " if status else "") + text
             for i, (status, text) in zip(ids, answers, strict=True)
         }
+
+
+def _error_of(text: str) -> str:
+    """The ``error`` of a service's JSON error body, else the text itself."""
+    try:
+        error = json.loads(text).get("error")
+    except (ValueError, AttributeError):
+        error = None
+    return error if isinstance(error, str) else text.strip()
 
 
 def _body(action: Action, start: bool) -> dict[str, Any]:

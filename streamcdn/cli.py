@@ -174,6 +174,7 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         admin_key=pick(args.admin_key, deployment and deployment.admin_key),
         previous_admin_keys=deployment.admin_keys[1:] if deployment and not args.admin_key else (),
         open=args.open or bool(entry and entry.open),
+        chaos=not args.no_chaos and (entry is None or entry.chaos),
         steering=pick(args.steering, deployment and deployment.steering_url),
         url=pick(args.url, entry and entry.url),
         read_ahead_segments=args.read_ahead,
@@ -528,6 +529,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--admin-key", help="the key for /admin/ (at least 16 characters)")
     p.add_argument("--open", action="store_true", help="also serve unsigned /titles/... URLs")
+    p.add_argument(
+        "--no-chaos",
+        action="store_true",
+        help="refuse failure injection on /admin/chaos (403), whatever the config says",
+    )
     p.add_argument(
         "--read-ahead",
         type=int,

@@ -59,6 +59,7 @@ class Appliance:
     disk_bytes: int | None = None
     cache_dir: Path | None = None
     open: bool = False  # serve unsigned /titles/... URLs
+    chaos: bool = True  # its /admin/chaos may inject failures
     # Sign its heartbeats: the first signs, all verify (rotation); default: the signing keys.
     heartbeat_keys: tuple[SigningKey, ...] = ()
     lock_timeout_s: float | None = None  # a waiter replaces a stuck fill after this
@@ -241,6 +242,7 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
         disk = t.convert("disk", t.get("disk", str, "a size like '20GB'", None), _size)
         cache_dir = t.get("cache_dir", str, "a directory path", None)
         is_open = t.get("open", bool, "true or false", False)
+        chaos = t.get("chaos", bool, "true or false", True)
         hb = t.one_or_many("heartbeat_key", "'KEYID:SECRET', or a list of them during rotation")
         heartbeat_keys = t.signing_keys("heartbeat_key", hb)
         tunables = {}
@@ -276,6 +278,7 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
                 disk_bytes=disk,
                 cache_dir=base / cache_dir if cache_dir else None,
                 open=is_open,
+                chaos=chaos,
                 heartbeat_keys=heartbeat_keys,
                 limiter_initial=limits.get("limiter_initial"),
                 limiter_max=limits.get("limiter_max"),

@@ -47,6 +47,10 @@ SHUTDOWN_TIMEOUT_S = 10.0
 # A connection that sends no complete request for this long is closed: this bounds
 # idle keep-alive connections and slow-header (slowloris) clients alike.
 KEEPALIVE_TIMEOUT_S = 15.0
+# Connections the kernel completes before we accept them. asyncio's default (100) overflows
+# when ~1,000 players connect at once, and each dropped SYN costs its client a 1 s retry;
+# the kernel caps it at net.core.somaxconn (4096 on current Linux).
+LISTEN_BACKLOG = 1024
 MAX_REQUEST_BYTES = 1 << 20  # servers that take bodies can raise it per route
 # Fields of a LogRecord that are not extra= keys.
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -328,7 +332,9 @@ async def start(
         factory = front.wrap(runner.server, access_logger, keepalive_timeout_s)  # type: ignore[attr-defined]
     loop = asyncio.get_running_loop()
     try:
-        server = await loop.create_server(factory, host, port, reuse_address=True, ssl=ssl_context)
+        server = await loop.create_server(
+            factory, host, port, reuse_address=True, backlog=LISTEN_BACKLOG, ssl=ssl_context
+        )
     except OSError as exc:
         await runner.cleanup()
         raise UserError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

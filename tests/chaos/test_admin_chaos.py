@@ -18,6 +18,7 @@ from appliance.config import ApplianceConfig
 from appliance.server import create_app as create_appliance
 from steering.server import create_app as create_steering
 from streamcdn import service
+from streamcdn.chaos import ChaosError, ChaosMonkey, ChaosPlan, parse_spec
 from streamcdn.config import load
 from tests.appliance.conftest import KEY, MakeAppliance, signed, url_of
 from tests.conftest import TITLE, free_port, streamcdn_cmd, wait_for_port
@@ -40,6 +41,26 @@ async def test_no_admin_key_no_chaos(make_appliance: MakeAppliance) -> None:
         assert status == 403 and "admin API disabled" in str(text)
     _, health = await call(base, "GET", "/health")
     assert "chaos" not in health  # type: ignore[operator]
+
+
+async def test_an_appliance_with_chaos_off_refuses_every_switch(
+    make_appliance: MakeAppliance,
+) -> None:
+    base = url_of(await make_appliance(admin_key=ADMIN, chaos=False))
+    for method, body in (("GET", None), ("POST", {"kill": True}), ("POST", {"drop_heartbeats": True}), ("DELETE", None)):  # fmt: skip
+        status, text = await call(base, method, json=body, headers=AUTH)
+        assert status == 403 and "chaos is turned off" in str(text)
+    status, _ = await call(base, "POST", json={"kill": True}, headers={})
+    assert status == 401  # the key is still checked first
+    await asyncio.sleep(0.3)  # a kill would have landed by now (it follows the 202 by 0.1 s)
+    _, health = await call(base, "GET", "/health")
+    assert "chaos" not in health  # type: ignore[operator]
+    monkey = ChaosMonkey(ChaosPlan(parse_spec("kill-appliance:every=20s"), {"a1": base}, ADMIN))
+    try:
+        with pytest.raises(ChaosError, match="a1: chaos is turned off"):
+            await monkey.check()
+    finally:
+        await monkey.close()
 
 
 async def test_the_admin_key_is_required(make_appliance: MakeAppliance) -> None:

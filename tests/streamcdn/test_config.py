@@ -164,3 +164,10 @@ def test_an_appliance_may_tune_its_upstream_deadlines_and_scrub_rate(tmp_path: P
     ):
         with pytest.raises(ConfigError, match=bad.split(" ")[0]):
             load(write(tmp_path, MINIMAL + "\n" + bad))
+
+
+def test_an_appliance_may_refuse_chaos(tmp_path: Path) -> None:
+    assert load(write(tmp_path, MINIMAL)).appliance("c1").chaos  # on unless turned off
+    assert not load(write(tmp_path, MINIMAL + "\nchaos = false")).appliance("c1").chaos
+    with pytest.raises(ConfigError, match="chaos"):
+        load(write(tmp_path, MINIMAL + '\nchaos = "no"'))

@@ -1,7 +1,10 @@
 """The plumbing every server shares, on a tiny app built inline."""
 
+import asyncio
 import json
 import logging
+import socket
+import time
 
 from aiohttp import web
 
@@ -62,3 +65,40 @@ def test_json_log_lines_carry_extra_fields() -> None:
     record.title = "calm"
     line = json.loads(service.JsonFormatter().format(record))
     assert line["msg"] == "hello you" and line["title"] == "calm" and line["level"] == "info"
+
+
+async def test_a_burst_of_connections_waits_in_the_backlog_not_for_a_syn_retry() -> None:
+    """500 players connecting while the server's loop is busy are all accepted when it frees.
+
+    With asyncio's default backlog (100) the kernel drops the SYNs past it, and those
+    clients connect only after their 1 s SYN retransmit.
+    """
+    running = await service.start(tiny_app(), host="127.0.0.1", port=0, access_log=False)
+    clients: list[socket.socket] = []
+    try:
+        for _ in range(500):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", running.port))
+            clients.append(s)
+        started = time.monotonic()
+        time.sleep(0.3)  # the loop is busy: nothing is accepted meanwhile
+        pending = set(clients)
+        while pending and time.monotonic() - started < 2.5:
+            await asyncio.sleep(0.01)
+            pending = {s for s in pending if not _established(s)}
+        late = time.monotonic() - started
+        assert not pending, f"{len(pending)} of 500 not connected after {late:.1f} s"
+        assert late < 0.9, f"the last connection took {late:.2f} s (a SYN retry is 1 s)"
+    finally:
+        for s in clients:
+            s.close()
+        await running.close()
+
+
+def _established(s: socket.socket) -> bool:
+    """The client's side of the handshake is done (tcpi_state, TCP_INFO's first byte)."""
+    return s.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == TCP_ESTABLISHED
+
+
+TCP_ESTABLISHED = 1  # include/net/tcp_states.h
