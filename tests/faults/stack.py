@@ -244,13 +244,15 @@ class Proxy:
     ``down``: every connection is reset as soon as it is accepted (and going down resets
     the ones open), as a flapping parent does. ``trickle_first``: the first N connections
     get the answer at one byte per ``s_per_byte`` seconds, headers included (a stuck fill).
-    ``rate_bps``: every other connection's answer is paced to this many bytes a second."""
+    ``rate_bps``: every other connection's answer is paced to this many bytes a second.
+    ``hang``: every connection is accepted and read, and never answered (nor closed)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
         self.trickle_first = 0
         self.s_per_byte = 1.0
         self.rate_bps: float | None = None
+        self.hang = False
         self.accepted = 0
         self.reset = 0
         self._down = False
@@ -291,6 +293,13 @@ class Proxy:
         if self._down:
             self.reset += 1
             _reset(writer)
+            return
+        if self.hang:
+            self._open.add(writer)
+            with contextlib.suppress(ConnectionError, OSError):
+                while await reader.read(64 * 1024):
+                    pass  # swallow the request; the answer never comes
+            self._open.discard(writer)
             return
         trickle = self.accepted <= self.trickle_first
         try:

@@ -199,3 +199,68 @@ async def test_a_flapping_parent_trips_its_breaker_and_misses_go_to_the_origin(
             )
         finally:
             await proxy.close()
+
+
+async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
+    tmp_path: Path, store: TitleStore
+) -> None:
+    """Both upstreams accept and never send a byte. The fill tries each up to its head
+    deadline, longer in all than the lock timeout, so a waiter replaces it once; every
+    client gets a 504 within about two lock timeouts (near the player's first-byte
+    timeout, when it would fail over anyway), and the appliance serves the object as soon
+    as an upstream answers again."""
+    digest = store.manifest(TITLE)["files"][SEGMENT]["xxh3-128"]
+    ports = free_port(), free_port()
+    spec = ApplianceSpec(
+        "a1",
+        upstreams=tuple(f"http://127.0.0.1:{p}" for p in ports),
+        flags=("--read-ahead", "0"),
+    )
+    lock_timeout_s = ApplianceConfig.lock_timeout_s
+    head_deadline_s = ApplianceConfig.upstream_head_timeout_s
+    async with Stack(tmp_path, store, [spec]) as stack:
+        proxies = [Proxy(stack.port("origin")) for _ in ports]
+        for proxy, port in zip(proxies, ports, strict=True):
+            proxy.hang = True
+            await proxy.start(port)
+        try:
+            await stack.start("origin", "a1")
+            url = stack.signed("a1", SEGMENT)
+
+            async def timed() -> tuple[float, int]:
+                started = time.monotonic()
+                status, _, _ = await stack.get(url)
+                return time.monotonic() - started, status
+
+            results = await asyncio.wait_for(
+                asyncio.gather(*(timed() for _ in range(WAITERS))), timeout=20
+            )
+            waits = sorted(r[0] for r in results)
+            assert {r[1] for r in results} == {504}, results
+            assert waits[-1] < 2 * lock_timeout_s + 1.5, waits  # bounded: no client hangs
+
+            async def no_fill_left() -> bool:
+                return (await stack.health("a1"))["fills_in_flight"] == 0
+
+            # The replaced fill gives up too, at its last upstream's head deadline.
+            await wait_until(no_fill_left, "every fill over", timeout_s=2 * head_deadline_s)
+            health = await stack.health("a1")
+            assert health["tiers"]["memory"]["objects"] == 0  # nothing was cached
+
+            for proxy in proxies:
+                proxy.hang = False  # the upstreams answer again
+
+            async def served() -> bool:
+                status, _, body = await stack.get(url)
+                return status == 200 and digest_bytes(body) == digest
+
+            # At once, or once an upstream's breaker lets its probe through.
+            await wait_until(served, "served once an upstream answers", timeout_s=20)
+            print(
+                f"no upstream answering: {WAITERS} clients got 504 in"
+                f" {waits[0]:.2f}-{waits[-1]:.2f} s (lock timeout {lock_timeout_s} s,"
+                f" {health['fills_replaced']} fill replaced); served again once one answered"
+            )
+        finally:
+            for proxy in proxies:
+                await proxy.close()
