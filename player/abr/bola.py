@@ -37,7 +37,8 @@ Behaviour (dash.js ``getMaxIndex``):
 - Steady: the rung maximising ``(Vp (u_i + gp) - (buffer + placeholder)) / bitrate_i``; BOLA-O:
   an up-switch above the safe-throughput rung is cut to ``max(that rung, previous)``; if the
   effective buffer exceeds what the chosen rung wants, the placeholder absorbs the excess first
-  (the rest would be a delay, which the top rung never asks for).
+  (dash.js and Sabre would delay the next request by the rest below the top rung; not
+  modelled, the player waits only when its buffer is full).
 - Insufficient buffer rule (Sabre): no rung above one whose segment (bitrate x segment_s) is
   larger than ``ibr_safety x buffer x throughput``; the placeholder is trimmed to match.
 
@@ -50,12 +51,17 @@ call). For each newly finished segment the placeholder decays by 0.99 and is cap
 effective buffer at that segment's request stays within what its rung allows (dash.js
 ``checkNewSegment``); the buffer at that request is estimated from the buffer now, the time
 since and the segments added since. A stall (buffer empty while steady) zeroes the placeholder
-(``onBufferEmpty``). A seek (a segment index other than the previous one or the next) restarts
-startup (``onPlaybackSeeking``).
+(``onBufferEmpty``): the buffer is empty now, or the newest download took longer than the
+buffer held when it was requested (the player stalled, then the segment refilled it). A seek
+(a segment index other than the previous one or the next) restarts startup
+(``onPlaybackSeeking``).
 
 Not modelled: abandoning a download in flight, replacement segments (fast switching),
 rescaling the placeholder when the buffer target changes, and dash.js's latency correction of
-the throughput (``Download.duration_s`` already includes the round trip).
+the throughput (``Download.duration_s`` already includes the round trip). Where Sabre's
+``BolaEnh`` differs from dash.js (no placeholder decay, BOLA-U by default, ...) we follow
+dash.js; docs/player.md "Checked against Sabre" lists the differences and
+tests/player/test_sabre_reference.py the figures compared.
 """
 
 from __future__ import annotations
@@ -100,6 +106,7 @@ class BolaState:
     ibr_safety: float = 0.9
     last_call_s: float | None = None  # now_s of the previous decision
     last_segment_index: int | None = None
+    buffer_at_call_s: float | None = None  # buffer_s of the previous decision, if playing
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +142,14 @@ class BolaERule:
         top = len(bitrates) - 1
         prev_segment = state.last_segment_index
         new = state.estimator.unseen(ctx.downloads)
+        # The download asked for at the previous decision outlasted the buffer held then.
+        held_s = state.buffer_at_call_s
+        stalled = held_s is not None and bool(new) and new[0].duration_s > held_s
         state = replace(
             state,
             estimator=state.estimator.observe(ctx.downloads),
             last_segment_index=ctx.segment_index,
+            buffer_at_call_s=ctx.buffer_s if ctx.playing else None,
         )
         if ctx.last_index is not None:
             state = replace(state, last_quality=_clamp(ctx.last_index, top))
@@ -169,7 +180,8 @@ class BolaERule:
             )
             return q_tput, state
 
-        placeholder = 0.0 if buf <= 0 else state.placeholder_s + _idle_s(ctx, state)
+        emptied = buf <= 0 or stalled  # dash.js onBufferEmpty
+        placeholder = (0.0 if emptied else state.placeholder_s) + _idle_s(ctx, state)
         level = buf + placeholder
         q = max(range(top + 1), key=lambda i: (p.score(i, level, bitrates[i]), i))
         if q > state.last_quality and q > q_tput:
