@@ -31,6 +31,7 @@ log = logging.getLogger("streamcdn.appliance.fill")
 
 CHUNK_BYTES = 256 * 1024
 MAX_OBJECT_BYTES = 256 * 10**6  # far above any segment; a bigger answer is refused, not cached
+FAILOVER_MARGIN_S = 0.1  # past an upstream's head deadline, for its timeout to fire first
 
 
 class FillError(Exception):
@@ -60,6 +61,8 @@ class Fill:
         self._starts: list[int] = []  # offset of each chunk
         self.received = 0
         self.replaced_by: Fill | None = None  # set when a waiter gave up on this fill
+        self.attempts = 0  # upstreams tried so far
+        self.attempt_started: float | None = None  # loop time the latest try began
         self._headers = asyncio.Event()
         self._wake: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
@@ -95,12 +98,17 @@ class Fill:
             log.exception("fill crashed", extra={"key": self.key})
             self._fail(FillError(500, f"fill crashed: {type(exc).__name__}"))
 
+    def _attempting(self) -> None:
+        self.attempts += 1
+        self.attempt_started = asyncio.get_running_loop().time()
+
     async def _fetch(self, upstreams: Upstreams) -> None:
-        fetch = await upstreams.open(self.key)
+        fetch = await upstreams.open(self.key, on_attempt=self._attempting)
         if fetch.outcome is Outcome.NOT_FOUND:
             raise FillError(404, "not found upstream", title_missing=fetch.title_missing)
         if fetch.outcome is Outcome.UNAVAILABLE or fetch.response is None:
-            raise FillError(502, f"no upstream answered: {fetch.detail}")
+            status = 504 if fetch.timed_out else 502  # RFC 9110 15.6.5: no timely answer
+            raise FillError(status, f"no upstream answered: {fetch.detail}")
         url, resp = fetch.upstream or "", fetch.response
         ok = False
         try:
@@ -153,6 +161,22 @@ class Fill:
         except TimeoutError:
             return False
         return True
+
+    async def wait_headers_or_stuck(self, lock_timeout_s: float, head_timeout_s: float) -> bool:
+        """Like :meth:`wait_headers` with the lock timeout, but a fill that has moved on to a
+        later upstream is failing over, not stuck: it gets until that upstream's head
+        deadline (a replacement would start again at the upstream that just failed).
+        False: stuck, replace it."""
+        if await self.wait_headers(lock_timeout_s):
+            return True
+        loop = asyncio.get_running_loop()
+        while self.attempts > 1 and self.attempt_started is not None:
+            left = self.attempt_started + head_timeout_s - loop.time()
+            if left <= 0:
+                return False  # past its own deadline: something else holds it
+            if await self.wait_headers(left + FAILOVER_MARGIN_S):
+                return True
+        return False
 
     def _readable(self) -> int:
         if self.state is State.DONE:

@@ -540,7 +540,9 @@ class Appliance:
             )
         fill, created = self.filler.get(key)
         result = "MISS" if created else "COALESCED"
-        if not await fill.wait_headers(self.config.lock_timeout_s):
+        if not await fill.wait_headers_or_stuck(
+            self.config.lock_timeout_s, self.config.upstream_head_timeout_s
+        ):
             # The fill is stuck: replace it (the first waiter to give up does; the others
             # join the replacement), so what the new fill fetches is cached.
             fill, replaced = self.filler.take_over(fill)

@@ -14,6 +14,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -40,6 +41,7 @@ class Fetch:
     upstream: str | None = None
     title_missing: bool = False  # the 404 was for the whole title
     detail: str = ""
+    timed_out: bool = False  # every upstream tried let its deadline pass (none refused)
 
 
 class Upstreams:
@@ -70,15 +72,21 @@ class Upstreams:
         token = sign(title_prefix(title), self._key, expires=int(time.time() + self._token_ttl_s))
         return {"Authorization": f"Bearer {token}"}
 
-    async def open(self, key: str) -> Fetch:
-        """GET ``key`` from the first upstream that answers; the caller releases the response."""
+    async def open(self, key: str, on_attempt: Callable[[], None] | None = None) -> Fetch:
+        """GET ``key`` from the first upstream that answers; the caller releases the response.
+
+        ``on_attempt`` is called as each upstream is tried (not those whose breaker is open).
+        """
         failures = []
+        timeouts = 0
         for url in self.urls:
             breaker = self.breakers[url]
             now = time.monotonic()
             if not breaker.allow(now):
                 failures.append(f"{url}: circuit open")
                 continue
+            if on_attempt is not None:
+                on_attempt()
             try:
                 async with asyncio.timeout(self.head_timeout_s):
                     resp = await self.session.get(
@@ -89,6 +97,7 @@ class Upstreams:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 breaker.record_failure(time.monotonic())
                 failures.append(f"{url}: {type(exc).__name__}")
+                timeouts += isinstance(exc, TimeoutError)
                 continue
             if resp.status == 200:
                 return Fetch(Outcome.OK, resp, url)
@@ -99,7 +108,11 @@ class Upstreams:
                 return Fetch(Outcome.NOT_FOUND, None, url, title_missing=missing)
             breaker.record_failure(time.monotonic())
             failures.append(f"{url}: HTTP {resp.status}")
-        return Fetch(Outcome.UNAVAILABLE, detail="; ".join(failures))
+        return Fetch(
+            Outcome.UNAVAILABLE,
+            detail="; ".join(failures),
+            timed_out=0 < timeouts == len(failures),
+        )
 
     def body_deadline(self, head_at: float, received: int) -> float:
         """When the body must have gone past ``received`` bytes (loop time): a grace for
