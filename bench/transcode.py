@@ -10,8 +10,12 @@ Only the ffmpeg processes are timed, the same way for both modes: the wall time 
 noise from other work on the machine lands on both alike; each run waits for an idle
 machine first, and a run that other work disturbed anyway is repeated (same rule for both).
 
-    python bench/transcode.py [--duration 30] [--runs 3] [--pattern testsrc]
+    python bench/transcode.py [--duration 30] [--runs 3] [--pattern testsrc] [--master]
                               [--preset veryfast] [--workdir bench/out] [--json]
+
+``--master`` makes the source a studio-style master (``streamcdn sample --master``: 10-bit
+4:2:2, intra only) instead of an 8-bit CRF 18 file: what an origin ingests in production,
+and several times the decode work, which is the one thing the one process does once.
 """
 
 from __future__ import annotations
@@ -80,12 +84,13 @@ def machine() -> dict[str, object]:
     }
 
 
-def ensure_sample(workdir: Path, duration_s: float, pattern: str) -> Path:
+def ensure_sample(workdir: Path, duration_s: float, pattern: str, master: bool) -> Path:
     """The sample for these settings, made once and reused by later runs."""
-    path = workdir / f"sample-{pattern}-{SAMPLE_SIZE[1]}p-{duration_s:g}s.mp4"
+    kind = "-master" if master else ""
+    path = workdir / f"sample-{pattern}-{SAMPLE_SIZE[1]}p-{duration_s:g}s{kind}.mp4"
     if not path.exists():
         console.print(f"making {path} ...")
-        make_sample(path, duration_s=duration_s, size=SAMPLE_SIZE, pattern=pattern)
+        make_sample(path, duration_s=duration_s, size=SAMPLE_SIZE, pattern=pattern, master=master)
     return path
 
 
@@ -254,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
         help="sample pattern (default testsrc)",
     )
     p.add_argument(
+        "--master",
+        action="store_true",
+        help="the source is a 10-bit 4:2:2 intra-only master (streamcdn sample --master)",
+    )
+    p.add_argument(
         "--preset", default=DEFAULT_PRESET, help=f"x264 preset (default {DEFAULT_PRESET})"
     )
     p.add_argument(
@@ -268,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--runs {args.runs}: expected at least 1")
     try:
         args.workdir.mkdir(parents=True, exist_ok=True)
-        source = ensure_sample(args.workdir, args.duration, args.pattern)
+        source = ensure_sample(args.workdir, args.duration, args.pattern, args.master)
         info = probe(source)
         rungs = plan_ladder(info.width, info.height)
         host = machine()
@@ -301,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         "sample": {
             "file": source.name,
             "pattern": args.pattern,
+            "master": args.master,
             "duration_s": info.duration_s,
             "width": info.width,
             "height": info.height,

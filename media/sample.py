@@ -18,6 +18,10 @@ from streamcdn.errors import UserError
 
 SAMPLE_FPS = 30
 SAMPLE_CRF = 18  # near-transparent: the sample is a source, the ladder is encoded from it
+# --master: what a studio delivers to a streaming service instead, an intra-only 10-bit
+# 4:2:2 master (as AVC-Intra / XAVC Intra are): every frame a keyframe, visually lossless.
+MASTER_CRF = 8
+MASTER_PIX_FMT = "yuv422p10le"
 MAX_SAMPLE_S = 3600
 
 
@@ -76,9 +80,11 @@ def make_sample(
     duration_s: float = 30.0,
     size: tuple[int, int] = (1920, 1080),
     pattern: str = "testsrc",
+    master: bool = False,
     on_progress: ffmpeg.ProgressCallback | None = None,
 ) -> None:
-    """Write an H.264 + AAC MP4 of ``pattern`` at ``size`` lasting ``duration_s`` seconds."""
+    """Write an H.264 + AAC MP4 of ``pattern`` at ``size`` lasting ``duration_s`` seconds:
+    8-bit 4:2:0 at CRF 18, or with ``master`` a 10-bit 4:2:2 intra-only studio master."""
     if pattern not in PATTERNS:
         raise UserError(f"unknown pattern {pattern!r}; known: {', '.join(PATTERNS)}")
     if not 0 < duration_s <= MAX_SAMPLE_S:
@@ -96,14 +102,19 @@ def make_sample(
     tone = ffmpeg_graph.input(
         f"sine=frequency={p.tone_hz}:beep_factor=2:sample_rate=48000", f="lavfi", t=duration_s
     )
+    coding: dict[str, str | int] = (
+        {"crf": MASTER_CRF, "profile:v": "high422", "x264-params": "keyint=1"}
+        if master
+        else {"crf": SAMPLE_CRF}
+    )
     graph = ffmpeg_graph.output(
-        video.video.filter("format", "yuv420p"),
+        video.video.filter("format", MASTER_PIX_FMT if master else "yuv420p"),
         tone.audio,
         str(out),
         **{
             "c:v": "libx264",
             "preset": "veryfast",
-            "crf": SAMPLE_CRF,
+            **coding,
             "c:a": "aac",
             "b:a": "128k",
             "ac": 2,

@@ -12,6 +12,7 @@ from media.ffmpeg import ffmpeg_path
 from media.ladder import SEGMENT_S
 from media.mp4 import video_codec_of
 from media.probe import probe
+from media.sample import make_sample
 from origin.ingest import ingest
 from origin.store import MANIFEST, TitleStore
 from streamcdn.digest import digest_file
@@ -165,3 +166,28 @@ def test_anamorphic_sources_come_out_with_square_pixels(tmp_path: Path) -> None:
     assert master.playlists[0].stream_info.frame_rate == 25.0
     out = probe(join_segment(store.root / "wide", "360p", "seg_00000.m4s", tmp_path))
     assert (out.width, out.height, out.sample_aspect) == (852, 360, 1)
+
+
+def test_a_studio_master_source_becomes_an_ordinary_8_bit_ladder(tmp_path: Path) -> None:
+    """`streamcdn sample --master` writes a 10-bit 4:2:2 intra-only master (each frame a
+    keyframe); ingest decodes it once and every rung comes out 8-bit 4:2:0 at the rung's own
+    profile, which every player can decode, with 4 s GOPs."""
+    source = tmp_path / "master.mp4"
+    make_sample(source, duration_s=4, size=(640, 360), pattern="testsrc", master=True)
+    banner = subprocess.run(
+        [ffmpeg_path(), "-hide_banner", "-i", str(source)], capture_output=True, text=True
+    ).stderr
+    assert "High 4:2:2 Intra" in banner and "yuv422p10le" in banner, banner
+    assert keyframe_flags(source).count(False) == 0  # intra only
+    store = TitleStore(tmp_path / "store")
+    ingest(source, "master", store)
+    title = store.root / "master"
+    for rendition, profile in (("360p", "4d"), ("240p", "4d")):  # Main (the ladder's table)
+        assert video_codec_of(title / rendition / "init.mp4").startswith(f"avc1.{profile}")
+        segment = join_segment(title, rendition, "seg_00000.m4s", tmp_path)
+        flags = keyframe_flags(segment)
+        assert flags[0] and flags.count(True) == 1 and len(flags) == 120
+        seg_banner = subprocess.run(
+            [ffmpeg_path(), "-hide_banner", "-i", str(segment)], capture_output=True, text=True
+        ).stderr
+        assert "yuv420p" in seg_banner and "10le" not in seg_banner, seg_banner
