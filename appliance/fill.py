@@ -4,7 +4,8 @@ Every client that wants an object being fetched streams from that one fetch whil
 arrives (read-while-writer), so the 100th waiter's first byte comes as soon as the
 first's. The fetch is its own task: it goes on if the client that started it leaves.
 A fill that has no headers when a waiter's lock timeout runs out is replaced by a fresh
-one (``Filler.take_over``), which the other waiters join and which is cached.
+one (``Filler.take_over``), which the other waiters join and which is cached, unless it
+is failing over: trying a later upstream, within that upstream's head deadline.
 
 Nothing wrong is ever delivered whole: the body is checked against the upstream's
 length and ``X-Content-Digest`` when it ends, and until then the final byte is held
