@@ -10,6 +10,10 @@ reference rules fail on real networks:
    keeps it at the bottom rungs long after the network recovered. The throughput is
    also capped by the slowest of the last few downloads scaled by ``floor_factor``
    when the buffer is short: near the stall line only what the network surely does counts.
+   A level shift up (the last ``shift_samples`` downloads all faster than ``shift_ratio``
+   times every earlier one in the window) restarts the estimate from those downloads,
+   with only the newest prediction error: the harmonic mean would otherwise take the
+   whole window to follow a link that got faster (a Wi-Fi handover, a cell with room).
 2. **What a plan is worth.** Every sequence of rungs over the next ``horizon`` segments
    is scored with the QoE the evaluation uses (bitrate in Mbps, minus 4.3 per second of
    stall, minus the size of each switch in Mbps), using the real sizes of the next
@@ -21,9 +25,11 @@ reference rules fail on real networks:
    is in is bandwidth the title never used (with a 40 s buffer at the end of a 192 s
    title, a fifth of it), so buffer is worth nothing beyond the media left after the
    horizon plus a safety margin. The margin is learned from the session's own network:
-   ``end_margin_s`` times its volatility, 1 - (slowest / mean) of the recent downloads,
-   so a steady link spends its buffer on bitrate towards the end and a link with
-   outages keeps enough to ride one out.
+   the worst drawdown of the last ``margin_window`` downloads, the longest stretch, in
+   seconds, by which they fell behind the pace of their own mean throughput, i.e. the
+   buffer it took to ride out the worst slow spell seen. A steady link has almost none
+   and spends its buffer on bitrate towards the end; a link with outages keeps enough
+   for one more. Until two downloads are in, the margin is ``end_margin_s``.
 3. **Latency.** Each download's round trip is estimated from the fastest recent
    download (time minus bytes at the planned throughput) and added to every planned
    fetch, so small segments on high-latency links are not over-estimated.
@@ -64,8 +70,10 @@ class Ours:
     buffer_target_s: float = 40.0  # buffer beyond this is worth nothing more
     floor_factor: float = 1.0  # near the stall line, plan with the slowest recent download
     short_buffer_s: float = 8.0  # ... when the buffer is below this
-    end_margin_s: float = 40.0  # buffer kept at the end per unit of volatility
-    volatility_window: int = 20  # downloads the volatility is measured over
+    end_margin_s: float = 40.0  # buffer kept at the end before the network is measured
+    margin_window: int = 20  # downloads whose worst drawdown is the end margin
+    shift_samples: int = 2  # downloads that, all faster than the rest, are a level shift
+    shift_ratio: float = 1.5  # ... by this factor over the fastest earlier one
 
     def initial_state(self) -> OursState:
         return OursState()
@@ -77,15 +85,19 @@ class Ours:
         samples = [s for s in samples if s > 0]
         if not samples or rungs == 1:
             return 0, state
+        predictions = state.predictions[-self.error_window :]
+        if _shifted_up(samples, self.shift_samples, self.shift_ratio):
+            samples = samples[-self.shift_samples :]
+            predictions = predictions[-(self.shift_samples - 1) :] if self.shift_samples > 1 else ()
         harmonic = len(samples) / sum(1 / s for s in samples)
-        errors = [abs(p - m) / m for p, m in state.predictions[-self.error_window :] if m > 0]
+        errors = [abs(p - m) / m for p, m in predictions if m > 0]
         error = sum(errors) / len(errors) if errors else 0.0
         estimate = harmonic / (1 + error)
         if ctx.buffer_s < self.short_buffer_s:
             estimate = min(estimate, self.floor_factor * min(samples[-3:]))
         latency_s = _latency(ctx.downloads[-self.window :], harmonic)
-        recent = [_kbps(d) for d in ctx.downloads[-self.volatility_window :] if d.duration_s > 0]
-        margin_s = self.end_margin_s * _volatility(recent)
+        recent = [d for d in ctx.downloads[-self.margin_window :] if d.duration_s > 0]
+        margin_s = _worst_drawdown_s(recent) if len(recent) >= 2 else self.end_margin_s
         index = self._plan(ctx, estimate, latency_s, margin_s)
         return index, OursState(state.predictions, pending=estimate)
 
@@ -143,11 +155,24 @@ def _kbps(d: Download) -> float:
     return d.bytes * 8 / 1000 / max(d.duration_s, MIN_DURATION_S)
 
 
-def _volatility(kbps: list[float]) -> float:
-    """0 for a steady link, towards 1 for one whose slowest download nears a stop."""
-    if len(kbps) < 2 or sum(kbps) <= 0:
-        return 1.0  # nothing known yet: assume the worst
-    return 1.0 - min(kbps) / (sum(kbps) / len(kbps))
+def _shifted_up(kbps: list[float], newest: int, ratio: float) -> bool:
+    """The newest ``newest`` samples are all ``ratio`` times faster than every older one."""
+    if newest < 1 or len(kbps) <= newest:
+        return False
+    return min(kbps[-newest:]) > ratio * max(kbps[:-newest])
+
+
+def _worst_drawdown_s(downloads: list[Download]) -> float:
+    """The most seconds the downloads, in order, fell behind the pace of their mean
+    throughput (a run of slow ones adds up; a fast one pays some back)."""
+    mean = sum(_kbps(d) for d in downloads) / len(downloads)
+    if mean <= 0:
+        return 0.0
+    behind = worst = 0.0
+    for d in downloads:
+        behind = max(0.0, behind + d.duration_s - d.bytes * 8 / 1000 / mean)
+        worst = max(worst, behind)
+    return worst
 
 
 def _latency(downloads: tuple[Download, ...] | list[Download], kbps: float) -> float:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from player.abr import DEFAULT_RULE, make_rule
 from player.abr.base import AbrContext, Download
-from player.abr.ours import Ours
+from player.abr.ours import Ours, _worst_drawdown_s
 
 LADDER = (300.0, 750.0, 1200.0, 1850.0, 2850.0, 4300.0)
 
@@ -58,6 +59,33 @@ def test_near_the_end_a_steady_link_spends_its_buffer_and_a_volatile_one_keeps_i
     assert end > mid  # the buffer held at the end would be bandwidth never used
     outages = [1500.0, 1450.0, 40.0, 1500.0, 1480.0] * 4  # a near stop now and then
     assert choose(ctx(40.0, outages, segment_index=42)) < end
+
+
+def test_a_level_shift_up_is_followed_at_once() -> None:
+    """Two downloads at 4 Mbit/s after three at 1: the harmonic mean of all five (1.6)
+    would hold a middle rung; the shift restarts the estimate from the new level."""
+    shifted = choose(ctx(30.0, [1000.0] * 3 + [4000.0] * 2, last=2))
+    assert shifted >= 4
+    no_shift = Ours(shift_samples=0)
+    context = ctx(30.0, [1000.0] * 3 + [4000.0] * 2, last=2)
+    assert shifted > no_shift.choose(context, no_shift.initial_state())[0]
+    # One fast download alone is no shift (a burst through a cache, a lucky moment).
+    assert choose(ctx(30.0, [1000.0] * 4 + [4000.0], last=2)) < shifted
+
+
+def test_the_end_margin_is_the_worst_slow_spell_seen() -> None:
+    """The margin is how far the downloads fell behind the pace of their mean throughput:
+    nothing on a steady link; three 2 s downloads in a row at a fifth of the rate fall
+    3 x (2 - 2 x 300 / 1320) = 4.64 s behind; the same three spread out are paid back in
+    between. Near the end the steady link spends its buffer on bitrate, the other keeps it."""
+    steady = [1500.0] * 20
+    spell = [1500.0] * 8 + [300.0] * 3 + [1500.0] * 9  # mean 1320
+    spread = ([1500.0] * 5 + [300.0]) * 3 + [1500.0] * 2
+    assert _worst_drawdown_s(list(ctx(0, steady).downloads)) == pytest.approx(0.0)
+    assert _worst_drawdown_s(list(ctx(0, spell).downloads)) == pytest.approx(4.636, abs=1e-3)
+    assert _worst_drawdown_s(list(ctx(0, spread).downloads)) < 2.0
+    at_end = {"segment_index": 42}  # 6 segments (24 s) left
+    assert choose(ctx(24.0, steady, **at_end)) > choose(ctx(24.0, spell, **at_end))
 
 
 def test_known_segment_sizes_are_used() -> None:
