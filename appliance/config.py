@@ -45,7 +45,8 @@ class ApplianceConfig:
     limiter_initial: int = 256  # requests in flight before the limiter has measured (<= max)
     limiter_max: int = 1024  # the most requests in flight the limiter ever allows
     # Shed a share of requests while the event loop runs this late (CPU saturation, which
-    # no in-flight count sees); 0: off, e.g. when the loop is shared with other work.
+    # no in-flight count sees), and refuse the rest of a loop turn that has spent this long
+    # answering; 0: both off, e.g. when the loop is shared with other work.
     limiter_lag_target_s: float = 0.02
     upstream_connect_timeout_s: float = 3.0
     upstream_read_timeout_s: float = 10.0  # between two chunks of an upstream body

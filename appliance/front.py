@@ -142,6 +142,27 @@ class Front:
         self.access_log: logging.Logger | None = None
         self.keepalive_timeout_s = service.KEEPALIVE_TIMEOUT_S
         self._shed_heads: dict[tuple[str, str, bool], bytes] = {}
+        # The event loop's time spent answering in its current turn (see ``over_budget``).
+        self.turn_budget_s = appliance.config.limiter_lag_target_s
+        self._turn_spent_s = 0.0
+        self._turn_armed = False
+
+    def over_budget(self) -> bool:
+        """Whether this loop turn has already spent its budget on answers: the requests
+        still to read in it are refused. However many connections are ready at once (a
+        thousand clients asking together), a turn then lasts about the budget plus the
+        refusals, so the loop's delay, and the wait of every request, stays bounded."""
+        return self.turn_budget_s > 0 and self._turn_spent_s >= self.turn_budget_s
+
+    def spent(self, seconds: float) -> None:
+        """Count an answer's time against this turn; the next turn starts afresh."""
+        self._turn_spent_s += seconds
+        if not self._turn_armed:
+            self._turn_armed = True
+            asyncio.get_running_loop().call_soon(self._new_turn)  # runs after this turn's I/O
+
+    def _new_turn(self) -> None:
+        self._turn_spent_s, self._turn_armed = 0.0, False
 
     def shed_head(self, retry_after: str, close: bool) -> bytes:
         """The head of a 503 (RFC 9110 15.6.4, 10.2.3), built once per second: under
@@ -289,6 +310,11 @@ class FrontProtocol(asyncio.Protocol):
         key = f"titles/{title}/{rel}"
         appliance = self.appliance
         route = _ROUTES[m.group(1) is not None]
+        if self.front.over_budget():
+            appliance.limiter.refuse()
+            del self.buf[: request.head_len]
+            self._shed(request, route, started)
+            return True
         if not appliance.limiter.try_acquire():
             # Shed first, before the token's HMAC and the lookup, and not through aiohttp:
             # under overload a 503 must cost far less than the answer it replaces, and the
@@ -334,6 +360,7 @@ class FrontProtocol(asyncio.Protocol):
             nbytes = self._send_memory(request, hit)
             self._hold_slot(started)
             self._done(request, hit, route, nbytes, started)
+        self.front.spent(time.monotonic() - started)
         return True
 
     def _hold_slot(self, started: float) -> None:

@@ -298,6 +298,11 @@ class AdaptiveLimiter:
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         return True
 
+    def refuse(self) -> None:
+        """Count a request refused by the caller's own rule (as ``try_acquire`` counts its)."""
+        self._shed += 1
+        self._shed_total += 1
+
     def cancel(self) -> None:
         """Give back a slot without a latency sample: the request went elsewhere (the caller
         passed it to another path, which acquires for it again)."""

@@ -177,6 +177,10 @@ cache_dir = "{self.cache_dir(a.id)}"
         """SIGSTOP: the service hangs; its port still accepts connections, nothing answers."""
         self.procs[name].send_signal(signal.SIGSTOP)
 
+    def resume(self, name: str) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.procs[name].send_signal(signal.SIGCONT)
+
     async def close(self) -> None:
         for name in list(self.procs):
             proc = self.procs[name]

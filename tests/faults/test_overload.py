@@ -31,6 +31,7 @@ MEM_TIER_BYTES = 64 * 10**6
 RSS_MARGIN_BYTES = 160 * 10**6  # the interpreter, aiohttp and buffers, beyond the tier
 CLIENTS = 24  # of the sustained phase, each asking again as soon as an answer is in
 LOAD_S = 3.0
+BURST = 50  # requests read in one loop turn
 
 
 @pytest.fixture
@@ -160,3 +161,48 @@ async def test_overload_sheds_with_retry_after_and_recovers(
 
 async def _shed_at_least(stack: Stack, n: int) -> bool:
     return (await stack.health("a1"))["limiter"]["shed_total"] >= n
+
+
+async def test_requests_ready_at_once_are_cut_at_the_loop_turn_budget(
+    tmp_path: Path, segment_store: tuple[TitleStore, bytes]
+) -> None:
+    """BURST requests arrive while the appliance is stopped, so its loop reads them all in
+    one turn when it resumes. Past the turn's budget (its loop-delay target, set tiny here)
+    the rest are refused with 503 + Retry-After at once instead of being answered in that
+    turn, which would hold every request behind it for the whole turn. Neither the
+    concurrency limit (256) nor the loop-delay controller (which ignores one late turn)
+    refuses any of them."""
+    store, data = segment_store
+    spec = ApplianceSpec(
+        "a1",
+        extra='mem = "64MB"\nlimiter_lag_target_s = 0.0005',
+        flags=("--read-ahead", "0", "--no-access-log"),
+    )
+    async with Stack(tmp_path, store, [spec]) as stack:
+        await stack.start("origin", "a1")
+        url = stack.signed("a1", SEGMENT, title=TITLE)
+        for _ in range(2):  # a fill, then a memory hit
+            status, _, body = await stack.get(url)
+            assert status == 200 and body == data
+        rest = url.removeprefix("http://")
+        hostport, _, path = rest.partition("/")
+        host, _, port = hostport.partition(":")
+        conns = [await asyncio.open_connection(host, int(port), limit=2**20) for _ in range(BURST)]
+        await asyncio.sleep(0.3)  # every connection accepted
+        stack.pause("a1")  # SIGSTOP
+        try:
+            for _, writer in conns:
+                writer.write(f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\n\r\n".encode())
+                await writer.drain()
+            await asyncio.sleep(0.2)
+        finally:
+            stack.resume("a1")
+        answers = await asyncio.wait_for(
+            asyncio.gather(*(read_answer(reader) for reader, _ in conns)), timeout=30
+        )
+        for _, writer in conns:
+            writer.close()
+        statuses = [a[0] for a in answers]
+        assert statuses.count(503) >= BURST // 2 and statuses.count(200) >= 1, statuses
+        for answer in answers:
+            check_answer(*answer, data)
