@@ -31,7 +31,7 @@ MEM_TIER_BYTES = 64 * 10**6
 RSS_MARGIN_BYTES = 160 * 10**6  # the interpreter, aiohttp and buffers, beyond the tier
 CLIENTS = 24  # of the sustained phase, each asking again as soon as an answer is in
 LOAD_S = 3.0
-BURST = 50  # requests read in one loop turn
+BURST = 100  # requests read in one loop turn
 
 
 @pytest.fixture
