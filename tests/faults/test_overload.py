@@ -188,7 +188,11 @@ async def test_requests_ready_at_once_are_cut_at_the_loop_turn_budget(
         hostport, _, path = rest.partition("/")
         host, _, port = hostport.partition(":")
         conns = [await asyncio.open_connection(host, int(port), limit=2**20) for _ in range(BURST)]
-        await asyncio.sleep(0.3)  # every connection accepted
+
+        async def all_accepted() -> bool:  # else some are read only in a later turn
+            return (await stack.health("a1"))["connections"] >= BURST
+
+        await wait_until(all_accepted, "every connection accepted")
         stack.pause("a1")  # SIGSTOP
         try:
             for _, writer in conns:
