@@ -257,6 +257,7 @@ class AdaptiveLimiter:
         self._in_flight = 0
         self._admitted_total = 0
         self._shed_total = 0
+        self._refused_total = 0
         self._last_short_rtt_s: float | None = None
         self._last_window_s = self.config.window_min_s
         self._last_admitted = 0
@@ -298,10 +299,12 @@ class AdaptiveLimiter:
         self._max_in_flight = max(self._max_in_flight, self._in_flight)
         return True
 
-    def refuse(self) -> None:
-        """Count a request refused by the caller's own rule (as ``try_acquire`` counts its)."""
-        self._shed += 1
-        self._shed_total += 1
+    def refuse(self, requests: int = 1) -> None:
+        """Count requests refused by the caller's own rule, the appliance's per-turn budget
+        (as ``try_acquire`` counts its own; both are in ``shed_total``)."""
+        self._shed += requests
+        self._shed_total += requests
+        self._refused_total += requests
 
     def cancel(self) -> None:
         """Give back a slot without a latency sample: the request went elsewhere (the caller
@@ -367,6 +370,7 @@ class AdaptiveLimiter:
             "admitted_total": self._admitted_total,
             "shed_total": self._shed_total,
             "shed_last_window": self._last_shed,
+            "turn_budget_shed_total": self._refused_total,
             "short_rtt_s": self._last_short_rtt_s,
             "loop_lag_s": round(self._lag.lag_s, 4),
             "lag_shed_fraction": round(self._lag.fraction, 3),

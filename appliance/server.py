@@ -360,9 +360,9 @@ class Appliance:
             ready = request.get(READY_AT, time.monotonic())
             self.limiter.release(max(0.0, ready - started), time.monotonic(), dropped=dropped)
 
-    def shed(self) -> dict[str, str]:
-        """Count a request the limiter refused; the headers of its 503 (both paths)."""
-        self._count("shed")
+    def shed(self, requests: int = 1) -> dict[str, str]:
+        """Count requests the limiter refused; the headers of their 503 (both paths)."""
+        self.stats.results["shed"] += requests
         return {"Retry-After": str(self.limiter.retry_after_s())}
 
     # -- read-ahead and background fills ---------------------------------------------

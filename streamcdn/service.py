@@ -135,17 +135,20 @@ class HttpMetrics(Collector):
         self._counts: dict[tuple[str, str, int], list[int]] = {}  # -> [requests, bytes]
         self._latency: dict[str, list[float]] = {}  # route -> per-bucket counts, then the sum
 
-    def count(self, route: str, method: str, status: int, nbytes: int, seconds: float) -> None:
+    def count(
+        self, route: str, method: str, status: int, nbytes: int, seconds: float, requests: int = 1
+    ) -> None:
+        """Count ``requests`` answers of ``nbytes`` body bytes in all, each ``seconds`` long."""
         counts = self._counts.get((route, method, status))
         if counts is None:
             counts = self._counts[(route, method, status)] = [0, 0]
-        counts[0] += 1
+        counts[0] += requests
         counts[1] += nbytes
         latency = self._latency.get(route)
         if latency is None:
             latency = self._latency[route] = [0.0] * (len(self.BUCKETS) + 1)
-        latency[bisect.bisect_left(self.BUCKETS, seconds)] += 1  # "le": upper bounds count
-        latency[-1] += seconds
+        latency[bisect.bisect_left(self.BUCKETS, seconds)] += requests  # "le": upper bounds
+        latency[-1] += seconds * requests
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -244,10 +247,17 @@ async def json_body(request: web.Request, *, what: str = "the body") -> Any:
 
 
 def count_request(
-    app: web.Application, route: str, method: str, status: int, nbytes: int, seconds: float
+    app: web.Application,
+    route: str,
+    method: str,
+    status: int,
+    nbytes: int,
+    seconds: float,
+    requests: int = 1,
 ) -> None:
-    """Count one answered request in /metrics (the middleware does it for aiohttp routes)."""
-    app[_METRICS].count(route, method, status, nbytes, seconds)
+    """Count answered requests in /metrics (the middleware does it for aiohttp routes):
+    ``requests`` of them, each ``seconds`` long, ``nbytes`` of body in all."""
+    app[_METRICS].count(route, method, status, nbytes, seconds, requests)
 
 
 async def _health(request: web.Request) -> web.Response:

@@ -6,6 +6,7 @@ Raw sockets, because pipelining, Connection: close and hand-over are what is tes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -13,8 +14,10 @@ import socket
 from pathlib import Path
 
 from aiohttp import ClientSession
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from appliance.front import parse_head
+from appliance.front import _TARGET, TURN_MIN_ANSWERS, parse_head, refusable
 from appliance.server import APPLIANCE
 from origin.server import create_app as create_origin
 from streamcdn import service
@@ -189,6 +192,62 @@ async def test_hits_are_counted_in_metrics_like_any_request(
     assert m and float(m.group(1)) == 5
 
 
+async def test_past_the_turn_budget_requests_are_refused_from_their_request_line(
+    make_appliance: MakeAppliance,
+) -> None:
+    """With a turn budget of a nanosecond, a turn answers its first TURN_MIN_ANSWERS
+    pipelined requests and refuses the rest with 503 + Retry-After. Plain ones are refused
+    from the request line alone; one asking to close still gets its Connection: close;
+    one with a body is never refused that way, since its body would be read as a request."""
+    appliance = await make_appliance(read_ahead_segments=0)
+    path = signed(TITLE, PLAYLIST)
+    await warm(appliance, path)
+    appliance.app[service.FRONT].turn_budget_s = 1e-9
+    head = f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(get(path) * TURN_MIN_ANSWERS + head + get(path) + get(path, "Connection: close"))
+    answers = [await read_response(reader) for _ in range(TURN_MIN_ANSWERS)]
+    refused = [await read_response(reader, head=True), await read_response(reader)]
+    refused.append(await read_response(reader))
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, as asked
+    writer.close()
+    assert {a[0] for a in answers} == {200}
+    assert [a[0] for a in refused] == [503, 503, 503]
+    assert all(a[1]["retry-after"].isdigit() for a in refused)
+    assert refused[0][1]["content-length"] == refused[1][1]["content-length"] == "17"
+    assert refused[1][2] == refused[2][2] == b"overloaded; retry"
+    assert "connection" not in refused[1][1] and refused[2][1]["connection"] == "close"
+
+    # A body that is a request: refusing its head from the request line would answer it too.
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    body = get(path)
+    with_body = get(path, f"Content-Length: {len(body)}") + body
+    writer.write(get(path) * TURN_MIN_ANSWERS + with_body + get(path))
+    answers = [await read_response(reader) for _ in range(TURN_MIN_ANSWERS + 2)]
+    with contextlib.suppress(TimeoutError):
+        assert await asyncio.wait_for(reader.read(1), 0.3) == b"", "an answer too many"
+    writer.close()
+    assert {a[0] for a in answers} == {200}  # aiohttp, which takes the connection, answers
+
+    async with ClientSession() as s:
+        async with s.get(f"{url_of(appliance)}/metrics") as r:
+            text = await r.text()
+        async with s.get(f"{url_of(appliance)}/health") as r:
+            limiter = (await r.json())["limiter"]
+    route = re.escape("/s/{token}/titles/{title}/{path}")
+    for method, count in (("GET", 2), ("HEAD", 1)):
+        m = re.search(
+            rf'streamcdn_http_requests_total\{{method="{method}",route="{route}",status="503"\}} '
+            r"(\S+)",
+            text,
+        )
+        assert m and float(m.group(1)) == count, method
+    m = re.search(r'streamcdn_appliance_requests_total\{result="shed"\} (\S+)', text)
+    assert m and float(m.group(1)) == 3
+    assert limiter["shed_total"] == limiter["turn_budget_shed_total"] == 3
+
+
 async def test_shutdown_closes_idle_connections_and_finishes_answers(
     make_appliance: MakeAppliance,
 ) -> None:
@@ -201,6 +260,48 @@ async def test_shutdown_closes_idle_connections_and_finishes_answers(
     await asyncio.wait_for(appliance.close(), 5)  # an idle keep-alive does not hold it up
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
+
+
+_NAMES = ("Host", "Connection", "Content-Length", "Transfer-Encoding", "Expect", "Upgrade",
+          "Range", "Expect-CT", "Upgrade-Insecure-Requests", "X-Close")  # fmt: skip
+_VETOED = {"content-length", "transfer-encoding", "expect", "upgrade"}
+
+
+@st.composite
+def heads(draw: st.DrawFn) -> bytes:
+    method = draw(st.sampled_from(["GET", "HEAD", "POST", "get", "OPTIONS"]))
+    target = draw(st.sampled_from([f"/titles/{TITLE}/{PLAYLIST}", f"/s/tok/titles/{TITLE}/a.ts",
+                                   "/titles/../x", "/health", "/s/", "*"]))  # fmt: skip
+    version = draw(st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2"]))
+    lines = [f"{method} {target} {version}"]
+    for _ in range(draw(st.integers(0, 5))):
+        name = "".join(
+            c.upper() if draw(st.booleans()) else c.lower() for c in draw(st.sampled_from(_NAMES))
+        )
+        space = draw(st.sampled_from(["", "", " ", "\t"]))
+        value = draw(st.sampled_from(["close", "keep-alive", "Keep-Alive, CLOSE", "5", "x", ""]))
+        lines.append(f"{name}{space}: {value}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@given(heads())
+@settings(max_examples=500, deadline=None)
+def test_only_plain_keep_alive_requests_without_a_body_are_refused_quickly(raw: bytes) -> None:
+    """The quick refusal never takes a request whose end or connection it would get wrong
+    (a body, a close), and takes every request the fast path would answer."""
+    end = raw.find(b"\r\n\r\n")
+    quick = refusable(raw, end)
+    line, *fields = raw[:end].decode().split("\r\n")
+    method, target, version = line.split(" ")
+    named = [(f.partition(":")[0].strip().lower(), f.partition(":")[2].lower()) for f in fields]
+    if quick is not None:
+        assert method in ("GET", "HEAD") and version == "HTTP/1.1"
+        assert quick == (target.startswith("/s/"), method == "HEAD")
+        assert not _VETOED & {name for name, _ in named}
+        assert not any(name == "connection" and "close" in value for name, value in named)
+    request = parse_head(raw, end)
+    if request is not None and not request.close and _TARGET.fullmatch(request.target):
+        assert quick is not None, raw
 
 
 def test_parse_head_accepts_plain_requests_only() -> None:
