@@ -47,18 +47,37 @@ def title_dir(store: TitleStore) -> Path:
 # range (32768-60999 on Linux): a port from inside it can be taken, between this check
 # and the bind, by any outgoing connection's local end (a heartbeat, a fill).
 SERVER_PORTS = range(20000, 32768)
+# A port is handed out once per test run. Checking that it is free does not reserve it,
+# so without this two calls before either server binds (a stack's five ports) can get
+# the same one, and a server that is still closing can lose its port to the next test.
+_handed_out: set[int] = set()
+
+
+def free_ports(span: int = 1) -> int:
+    """A port P with P .. P + span - 1 all free now and never handed out before."""
+    for _ in range(1000):
+        base = random.randrange(SERVER_PORTS.start, SERVER_PORTS.stop - span + 1)
+        ports = range(base, base + span)
+        if _handed_out.intersection(ports):
+            continue
+        socks = []
+        try:
+            for port in ports:
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        _handed_out.update(ports)
+        return base
+    raise RuntimeError(f"no {span} free ports in a row in {SERVER_PORTS} after 1000 tries")
 
 
 def free_port() -> int:
-    for _ in range(1000):
-        port = random.choice(SERVER_PORTS)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError(f"no free port in {SERVER_PORTS} after 1000 tries")
+    return free_ports(1)
 
 
 def wait_for_port(

@@ -1,9 +1,7 @@
 """`streamcdn demo --quick` as a user runs it: up, playable, Ctrl-C, and quick the second time."""
 
 import json
-import random
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -12,7 +10,7 @@ from pathlib import Path
 import m3u8
 import pytest
 
-from tests.conftest import ffmpeg_read_all, streamcdn_cmd
+from tests.conftest import ffmpeg_read_all, free_ports, streamcdn_cmd
 
 
 @pytest.fixture
@@ -82,32 +80,13 @@ def play_one_segment(control: str, account: dict) -> int:
         return len(r.read())
 
 
-def free_port_base(span: int) -> int:
-    """A port P with P .. P + span - 1 all free now (the demo listens on several)."""
-    for _ in range(200):
-        base = random.randrange(20_000, 32_768 - span)  # below the ephemeral range
-        socks = []
-        try:
-            for port in range(base, base + span):
-                s = socket.socket()
-                socks.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in socks:
-                s.close()
-    raise RuntimeError(f"no {span} free ports in a row")
-
-
 def health(url: str) -> dict:
     with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
         return json.load(r)
 
 
 def test_demo_serves_signed_titles_through_the_appliance_tree(tmp_path: Path, start_demo) -> None:
-    data, port_base = tmp_path / "demo", free_port_base(23)
+    data, port_base = tmp_path / "demo", free_ports(23)
     proc = start_demo(data, port_base)
     info = wait_for_demo_json(data, proc, timeout_s=240)
     assert sorted(info["titles"]) == ["calm", "life", "testsrc"]
