@@ -236,9 +236,14 @@ class Admin:
         title = request.match_info["title"]
         if not is_valid_title_id(title):
             raise web.HTTPBadRequest(text="invalid title id")
-        objects, nbytes = await self.appliance.purge_title(title)
+        objects, nbytes, pending = await self.appliance.purge_title(title)
         return web.json_response(
-            {"title": title, "purged_objects": objects, "purged_bytes": nbytes}
+            {
+                "title": title,
+                "purged_objects": objects,
+                "purged_bytes": nbytes,
+                "disk_writes_pending": pending,
+            }
         )
 
     async def listing(self, request: web.Request) -> web.Response:

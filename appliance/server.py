@@ -52,6 +52,7 @@ MAX_FIXED_HEADERS = 100_000
 TICK_S = 1.0
 EGRESS_SMOOTHING = 0.5  # EWMA weight of the newest second
 LAG_PROBE_S = 0.01  # how often the event loop's delay is measured, for the limiter
+PURGE_WRITE_WAIT_S = 10.0  # a purge waits this long for the title's disk writes in flight
 
 
 @dataclass
@@ -139,7 +140,7 @@ class Appliance:
         self._fixed: dict[str, tuple[ObjectMeta, dict[str, str], str]] = {}
         self.front: Front | None = None  # set by create_app
         self._background: set[asyncio.Task[None]] = set()
-        self._writing: set[str] = set()
+        self._writing: dict[str, asyncio.Task[None]] = {}  # disk writes in flight, by key
         self._generations: Tally[str] = Tally()  # per title, bumped by each purge
         self.corrupt: Tally[str] = Tally()  # corrupt disk objects dropped, by who found them
         self.scrubber = Scrubber(
@@ -257,11 +258,12 @@ class Appliance:
         if self.session is not None:
             await self.session.close()
 
-    def spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+    def spawn(self, coro) -> asyncio.Task[None]:  # type: ignore[no-untyped-def]
         """Run ``coro`` in the background; stop() cancels it."""
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     async def _ticker(self) -> None:
         while True:
@@ -290,27 +292,29 @@ class Appliance:
         self.memory.put(meta, data)
         self._learn_order(meta.key, data)
         if meta.key not in self.disk and meta.key not in self._writing:
-            self._writing.add(meta.key)
-            self.spawn(self._write_disk(meta, data, self._generations[meta.title]))
+            task = self.spawn(self._write_disk(meta, data, self._generations[meta.title]))
+            self._writing[meta.key] = task
+            task.add_done_callback(lambda t: self._wrote(meta.key, t))
+
+    def _wrote(self, key: str, task: asyncio.Task[None]) -> None:
+        if self._writing.get(key) is task:  # not a later write of the key, after a purge
+            del self._writing[key]
 
     async def _write_disk(self, meta: ObjectMeta, data: bytes, generation: int) -> None:
+        if not self.disk.writable(time.monotonic()):
+            return  # degraded: serve by pass-through (memory only) until the retry time
         try:
-            if not self.disk.writable(time.monotonic()):
-                return  # degraded: serve by pass-through (memory only) until the retry time
-            try:
-                entry = await asyncio.to_thread(self.disk.write_blocking, meta, data)
-            except OSError as exc:
-                self.disk.write_failed(exc, time.monotonic())
-                return
-            if self._generations[meta.title] != generation:
-                # The title was purged while this write was in flight: it must not land.
-                await asyncio.to_thread(tiers.unlink_all_blocking, [str(entry.path)])
-                return
-            doomed = self.disk.admit(entry)
-            if doomed:
-                await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
-        finally:
-            self._writing.discard(meta.key)
+            entry = await asyncio.to_thread(self.disk.write_blocking, meta, data)
+        except OSError as exc:
+            self.disk.write_failed(exc, time.monotonic())
+            return
+        if self._generations[meta.title] != generation:
+            # The title was purged while this write was in flight: it must not land.
+            await asyncio.to_thread(tiers.unlink_all_blocking, [str(entry.path)])
+            return
+        doomed = self.disk.admit(entry)
+        if doomed:
+            await asyncio.to_thread(tiers.unlink_all_blocking, doomed)
 
     async def _promote(self, entry: tiers.DiskEntry) -> None:
         checked = await asyncio.to_thread(tiers.verify_blocking, entry)
@@ -403,14 +407,23 @@ class Appliance:
             raise ValueError("not in the memory tier (too big for it?)")
         return json.loads(found[1])
 
-    async def purge_title(self, title: str) -> tuple[int, int]:
-        """Drop every object of ``title`` from both tiers; (objects, bytes) dropped."""
+    async def purge_title(self, title: str) -> tuple[int, int, int]:
+        """Drop every object of ``title`` from both tiers; (objects, bytes) dropped, and the
+        disk writes of the title still in flight after PURGE_WRITE_WAIT_S (0 unless the disk
+        hangs: each discards its object when it finishes).
+
+        When it returns, no object of the title is on disk: a disk write in flight may have
+        renamed its file into place already, and deletes it once it sees the new generation,
+        so the purge waits for those writes. Without that wait, a crash in between would
+        bring the object back at the next start, after the purge was acknowledged.
+        """
         prefix = f"titles/{title}/"
         objects = nbytes = 0
         # Disk writes in flight for the title must not land after it, nor fills in flight
         # be cached: a new generation, and the fills detached from the table.
         self._generations[title] += 1
-        self._writing = {k for k in self._writing if not k.startswith(prefix)}
+        writes = [t for k, t in self._writing.items() if k.startswith(prefix)]
+        self._writing = {k: t for k, t in self._writing.items() if not k.startswith(prefix)}
         assert self.filler is not None
         self.filler.detach(title)
         for key, size in self.memory.sizes():
@@ -429,8 +442,15 @@ class Appliance:
         self.filler.forget_missing(title)
         for rendition in [r for r in self._orders if r.startswith(prefix)]:
             del self._orders[rendition]
-        log.info("purged", extra={"title": title, "objects": objects, "bytes": nbytes})
-        return objects, nbytes
+        pending = 0
+        if writes:
+            _, still = await asyncio.wait(writes, timeout=PURGE_WRITE_WAIT_S)
+            pending = len(still)
+        log.info(
+            "purged",
+            extra={"title": title, "objects": objects, "bytes": nbytes, "writes_pending": pending},
+        )
+        return objects, nbytes, pending
 
     async def ensure_cached(self, key: str) -> tuple[str, int]:
         """Bring ``key`` into memory (from disk) or into both tiers (from upstream), under the
