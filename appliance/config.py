@@ -51,6 +51,9 @@ class ApplianceConfig:
     upstream_connect_timeout_s: float = 3.0
     upstream_read_timeout_s: float = 10.0  # between two chunks of an upstream body
     upstream_head_timeout_s: float = 1.5  # connect + status line + headers, per upstream
+    # An upstream with no response head after this: the next one is asked too, and the
+    # first to answer wins (a hedged request); 0: off, each waits out its head deadline.
+    upstream_hedge_after_s: float = 0.5
     upstream_min_body_bps: float = 32_000.0  # bytes/s on average after 2 s; slower fails
     scrub_bytes_per_s: float = 20 * 10**6  # background re-hash of disk objects; 0: off
     negative_ttl_s: float = 5.0  # how long a 404 is remembered
@@ -98,6 +101,10 @@ class ApplianceConfig:
         ):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} {getattr(self, name)}: must be more than 0")
+        if not 0 <= self.upstream_hedge_after_s <= 3600:
+            raise UserError(
+                f"upstream_hedge_after_s {self.upstream_hedge_after_s}: expected 0-3600 s"
+            )
         if self.scrub_bytes_per_s < 0:
             raise UserError(f"scrub_bytes_per_s {self.scrub_bytes_per_s}: must be 0 or more")
 

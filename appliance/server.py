@@ -222,6 +222,7 @@ class Appliance:
             key=self.config.keys[0] if self.config.keys else None,
             token_ttl_s=self.config.parent_token_ttl_s,
             head_timeout_s=self.config.upstream_head_timeout_s,
+            hedge_after_s=self.config.upstream_hedge_after_s,
             min_body_bps=self.config.upstream_min_body_bps,
         )
         self.filler = Filler(

@@ -187,6 +187,9 @@ def cmd_serve_appliance(args: argparse.Namespace) -> None:
         upstream_head_timeout_s=pick(
             entry and entry.upstream_head_timeout_s, ApplianceConfig.upstream_head_timeout_s
         ),
+        upstream_hedge_after_s=pick(
+            entry and entry.upstream_hedge_after_s, ApplianceConfig.upstream_hedge_after_s
+        ),
         upstream_min_body_bps=pick(
             entry and entry.upstream_min_body_bps, ApplianceConfig.upstream_min_body_bps
         ),

@@ -33,6 +33,9 @@ from streamcdn.units import parse_size
 T = TypeVar("T")
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 _REQUIRED: Any = object()
+# Appliance tunables for which 0 means "off" (scrubbing, shedding on the loop's delay,
+# hedged upstream requests) rather than "too small".
+_ZERO_IS_OFF = ("scrub_bytes_per_s", "limiter_lag_target_s", "upstream_hedge_after_s")
 MAX_CONFIG_BYTES = 1 << 20
 
 
@@ -64,6 +67,7 @@ class Appliance:
     heartbeat_keys: tuple[SigningKey, ...] = ()
     lock_timeout_s: float | None = None  # a waiter replaces a stuck fill after this
     upstream_head_timeout_s: float | None = None  # an upstream's whole response head
+    upstream_hedge_after_s: float | None = None  # ask the next upstream too after this; 0: off
     upstream_min_body_bps: float | None = None  # an upstream body slower than this fails
     scrub_bytes_per_s: float | None = None  # background re-hash of disk objects; 0: off
     limiter_initial: int | None = None  # requests in flight before the limiter has measured
@@ -249,14 +253,15 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
         for name, high in (
             ("lock_timeout_s", 3600.0),
             ("upstream_head_timeout_s", 3600.0),
+            ("upstream_hedge_after_s", 3600.0),
             ("upstream_min_body_bps", 1e12),
             ("scrub_bytes_per_s", 1e12),
             ("limiter_lag_target_s", 10.0),
         ):
             off = t.data.get(name) == 0 and not isinstance(t.data.get(name), bool)
-            if name in ("scrub_bytes_per_s", "limiter_lag_target_s") and off:
+            if name in _ZERO_IS_OFF and off:
                 t.read.add(name)
-                tunables[name] = 0.0  # scrubbing, or shedding on the loop's delay, off
+                tunables[name] = 0.0
             elif name in t.data:
                 tunables[name] = t.number(name, _REQUIRED, low=0.0, high=high)
         limits: dict[str, int] = {}

@@ -13,6 +13,8 @@ import re
 import time
 from pathlib import Path
 
+import pytest
+
 from appliance.config import ApplianceConfig
 from origin.store import TitleStore
 from player.session import PlayerConfig
@@ -98,11 +100,12 @@ async def test_waiters_on_a_stuck_fill_replace_it_after_the_lock_timeout(
             await proxy.close()
 
 
-async def test_a_parent_that_trickles_every_answer_is_passed_over_within_the_head_deadline(
+async def test_a_parent_that_trickles_every_answer_is_hedged_and_then_passed_over(
     tmp_path: Path, store: TitleStore
 ) -> None:
     digests, proxy_port, parent, specs = behind_a_proxied_parent(store)
     head_deadline_s = ApplianceConfig.upstream_head_timeout_s
+    hedge_s = ApplianceConfig.upstream_hedge_after_s
     player_first_byte_s = PlayerConfig().read_timeout_s
     async with Stack(tmp_path, store, specs) as stack:
         proxy = Proxy(stack.port("ix1"))
@@ -117,20 +120,21 @@ async def test_a_parent_that_trickles_every_answer_is_passed_over_within_the_hea
                 waits.append(time.monotonic() - started)
                 assert status == 200 and digest_bytes(body) == digests[rel], rel
                 assert headers["X-Cache"] == "MISS"
-            # Each attempt through the parent is cut at the head deadline and the origin
-            # answers: well within the player's first-byte timeout, never a lock timeout.
-            assert max(waits) < head_deadline_s + 1.0 < player_first_byte_s, waits
-            assert min(waits[:BREAKER_THRESHOLD]) >= head_deadline_s * 0.9, waits
-            # Each counted against the parent's breaker: open after 5, then not tried at all.
+            # The parent holds its head back, so after the hedge delay the origin is asked
+            # too and answers: before the parent's head deadline, never a lock timeout.
+            assert max(waits) < head_deadline_s < player_first_byte_s, waits
+            assert min(waits[:BREAKER_THRESHOLD]) >= hedge_s * 0.9, waits
+            # Each slow head counted against the parent's breaker: open after 5, then the
+            # parent is not tried at all and misses go straight to the origin.
             state = (await stack.health("a1"))["upstreams"][parent]
             assert state["state"] == "open" and state["trips"] == 1, state
-            assert max(waits[BREAKER_THRESHOLD:]) < 0.5, waits
+            assert max(waits[BREAKER_THRESHOLD:]) < hedge_s / 2, waits
             assert proxy.accepted == BREAKER_THRESHOLD
             print(
                 f"parent trickling its heads: misses served by the origin in"
                 f" {min(waits[:BREAKER_THRESHOLD]):.2f}-{max(waits[:BREAKER_THRESHOLD]):.2f} s"
-                f" (head deadline {head_deadline_s} s), breaker open after {BREAKER_THRESHOLD},"
-                f" then {max(waits[BREAKER_THRESHOLD:]):.3f} s"
+                f" (hedge {hedge_s} s, head deadline {head_deadline_s} s), breaker open after"
+                f" {BREAKER_THRESHOLD}, then {max(waits[BREAKER_THRESHOLD:]):.3f} s"
             )
         finally:
             await proxy.close()
@@ -201,24 +205,35 @@ async def test_a_flapping_parent_trips_its_breaker_and_misses_go_to_the_origin(
             await proxy.close()
 
 
+@pytest.mark.parametrize("hedging", ["on", "off"])
 async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
-    tmp_path: Path, store: TitleStore
+    tmp_path: Path, store: TitleStore, hedging: str
 ) -> None:
-    """Both upstreams accept and never send a byte. The fill tries each up to its head
-    deadline, 3 s in all, longer than the lock timeout; when that runs out the fill is
-    on its second upstream, failing over rather than stuck, so the waiters let it finish
-    instead of replacing it (which would start again at the first). Every client gets a
-    504 at the sum of the head deadlines, under the player's first-byte timeout, and the
-    appliance serves the object as soon as an upstream answers again."""
+    """Both upstreams accept and never send a byte.
+
+    Hedging on (the default): the second is asked too after the hedge delay, and every
+    client gets a 504 when its head deadline passes, 2 s in all.
+
+    Hedging off: the fill tries each up to its head deadline, 3 s in all, longer than the
+    lock timeout; when that runs out the fill is on its second upstream, failing over
+    rather than stuck, so the waiters let it finish instead of replacing it (which would
+    start again at the first). Every client gets a 504 at the sum of the head deadlines.
+
+    Either way under the player's first-byte timeout, and the appliance serves the object
+    as soon as an upstream answers again."""
     digest = store.manifest(TITLE)["files"][SEGMENT]["xxh3-128"]
     ports = free_port(), free_port()
     spec = ApplianceSpec(
         "a1",
         upstreams=tuple(f"http://127.0.0.1:{p}" for p in ports),
         flags=("--read-ahead", "0"),
+        extra="upstream_hedge_after_s = 0" if hedging == "off" else "",
     )
     lock_timeout_s = ApplianceConfig.lock_timeout_s
     head_deadline_s = ApplianceConfig.upstream_head_timeout_s
+    # When the second upstream is asked; it gives up a head deadline later.
+    second_asked_s = ApplianceConfig.upstream_hedge_after_s if hedging == "on" else head_deadline_s
+    expected_s = second_asked_s + head_deadline_s
     player_first_byte_s = PlayerConfig().read_timeout_s
     async with Stack(tmp_path, store, [spec]) as stack:
         proxies = [Proxy(stack.port("origin")) for _ in ports]
@@ -239,13 +254,13 @@ async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
             )
             waits = sorted(r[0] for r in results)
             assert {r[1] for r in results} == {504}, results
-            assert waits[0] >= 2 * head_deadline_s * 0.9, waits  # both upstreams were tried
-            assert waits[-1] < 2 * head_deadline_s + 1.0 < player_first_byte_s, waits
+            assert waits[0] >= expected_s * 0.9, waits  # both upstreams were tried
+            assert waits[-1] < expected_s + 0.5 < player_first_byte_s, waits
 
             async def no_fill_left() -> bool:
                 return (await stack.health("a1"))["fills_in_flight"] == 0
 
-            await wait_until(no_fill_left, "every fill over", timeout_s=2 * head_deadline_s)
+            await wait_until(no_fill_left, "every fill over", timeout_s=expected_s)
             health = await stack.health("a1")
             assert health["fills_replaced"] == 0  # failing over is not stuck
             assert health["tiers"]["memory"]["objects"] == 0  # nothing was cached
@@ -261,7 +276,7 @@ async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
             # At once, or once an upstream's breaker lets its probe through.
             await wait_until(served, "served once an upstream answers", timeout_s=20)
             print(
-                f"no upstream answering: {WAITERS} clients got 504 in"
+                f"no upstream answering, hedging {hedging}: {WAITERS} clients got 504 in"
                 f" {waits[0]:.2f}-{waits[-1]:.2f} s (lock timeout {lock_timeout_s} s, head"
                 f" deadline {head_deadline_s} s each); served again once one answered"
             )

@@ -151,16 +151,22 @@ def test_serve_reads_its_part_and_reports_a_bad_file_in_one_line(tmp_path: Path)
 
 def test_an_appliance_may_tune_its_upstream_deadlines_and_scrub_rate(tmp_path: Path) -> None:
     tuned = "\nlock_timeout_s = 2\nupstream_head_timeout_s = 1.2\nupstream_min_body_bps = 50000"
-    off = "\nscrub_bytes_per_s = 0\nlimiter_lag_target_s = 0"
+    off = "\nscrub_bytes_per_s = 0\nlimiter_lag_target_s = 0\nupstream_hedge_after_s = 0"
     c1 = load(write(tmp_path, MINIMAL + tuned + off)).appliance("c1")
     assert (c1.lock_timeout_s, c1.upstream_head_timeout_s) == (2.0, 1.2)
     assert (c1.upstream_min_body_bps, c1.scrub_bytes_per_s) == (50000.0, 0.0)  # 0: no scrub
     assert c1.limiter_lag_target_s == 0.0  # 0: no shedding on the loop's delay
+    assert c1.upstream_hedge_after_s == 0.0  # 0: no hedged requests
+    assert load(write(tmp_path, MINIMAL + "\nupstream_hedge_after_s = 0.25")).appliance(
+        "c1"
+    ).upstream_hedge_after_s == pytest.approx(0.25)
     for bad in (
         "scrub_bytes_per_s = -1",
         "scrub_bytes_per_s = false",
         "upstream_head_timeout_s = 0",
         "limiter_lag_target_s = 11",
+        "upstream_hedge_after_s = -0.5",
+        'upstream_hedge_after_s = "fast"',
     ):
         with pytest.raises(ConfigError, match=bad.split(" ")[0]):
             load(write(tmp_path, MINIMAL + "\n" + bad))
