@@ -172,10 +172,10 @@ class Fill:
             return True
         loop = asyncio.get_running_loop()
         while self.attempts > 1 and self.attempt_started is not None:
-            left = self.attempt_started + head_timeout_s - loop.time()
+            left = self.attempt_started + head_timeout_s - loop.time() + FAILOVER_MARGIN_S
             if left <= 0:
                 return False  # past its own deadline: something else holds it
-            if await self.wait_headers(left + FAILOVER_MARGIN_S):
+            if await self.wait_headers(left):
                 return True
         return False
 

@@ -205,14 +205,16 @@ async def test_a_flapping_parent_trips_its_breaker_and_misses_go_to_the_origin(
             await proxy.close()
 
 
-@pytest.mark.parametrize("hedging", ["on", "off"])
+@pytest.mark.parametrize(("hedging", "upstreams"), [("on", 2), ("on", 3), ("off", 2)])
 async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
-    tmp_path: Path, store: TitleStore, hedging: str
+    tmp_path: Path, store: TitleStore, hedging: str, upstreams: int
 ) -> None:
-    """Both upstreams accept and never send a byte.
+    """Every upstream accepts and never sends a byte.
 
-    Hedging on (the default): the second is asked too after the hedge delay, and every
-    client gets a 504 when its head deadline passes, 2 s in all.
+    Hedging on (the default): each next upstream is asked too after the hedge delay, and
+    every client gets a 504 when the last one's head deadline passes: 2 s with two, 2.5 s
+    with three, the lock timeout itself, where the fill must still be seen as failing
+    over, not stuck.
 
     Hedging off: the fill tries each up to its head deadline, 3 s in all, longer than the
     lock timeout; when that runs out the fill is on its second upstream, failing over
@@ -222,7 +224,7 @@ async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
     Either way under the player's first-byte timeout, and the appliance serves the object
     as soon as an upstream answers again."""
     digest = store.manifest(TITLE)["files"][SEGMENT]["xxh3-128"]
-    ports = free_port(), free_port()
+    ports = tuple(free_port() for _ in range(upstreams))
     spec = ApplianceSpec(
         "a1",
         upstreams=tuple(f"http://127.0.0.1:{p}" for p in ports),
@@ -231,9 +233,9 @@ async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
     )
     lock_timeout_s = ApplianceConfig.lock_timeout_s
     head_deadline_s = ApplianceConfig.upstream_head_timeout_s
-    # When the second upstream is asked; it gives up a head deadline later.
-    second_asked_s = ApplianceConfig.upstream_hedge_after_s if hedging == "on" else head_deadline_s
-    expected_s = second_asked_s + head_deadline_s
+    # When the last upstream is asked; it is given up a head deadline later.
+    step_s = ApplianceConfig.upstream_hedge_after_s if hedging == "on" else head_deadline_s
+    expected_s = (upstreams - 1) * step_s + head_deadline_s
     player_first_byte_s = PlayerConfig().read_timeout_s
     async with Stack(tmp_path, store, [spec]) as stack:
         proxies = [Proxy(stack.port("origin")) for _ in ports]
@@ -276,7 +278,8 @@ async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
             # At once, or once an upstream's breaker lets its probe through.
             await wait_until(served, "served once an upstream answers", timeout_s=20)
             print(
-                f"no upstream answering, hedging {hedging}: {WAITERS} clients got 504 in"
+                f"{upstreams} upstreams not answering, hedging {hedging}: {WAITERS} clients got"
+                f" 504 in"
                 f" {waits[0]:.2f}-{waits[-1]:.2f} s (lock timeout {lock_timeout_s} s, head"
                 f" deadline {head_deadline_s} s each); served again once one answered"
             )
