@@ -709,7 +709,15 @@ class Appliance:
         upstreams = {}
         if filler is not None:
             now = time.monotonic()
-            upstreams = {url: b.snapshot(now) for url, b in filler.upstreams.breakers.items()}
+            ups = filler.upstreams
+            upstreams = {
+                url: {
+                    **breaker.snapshot(now),
+                    "hedged_to": ups.hedged_to[url],
+                    "passed_over": ups.passed_over[url],
+                }
+                for url, breaker in ups.breakers.items()
+            }
         return {
             "status": "degraded" if reasons else "ok",
             "reasons": reasons,

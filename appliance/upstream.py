@@ -19,6 +19,7 @@ import asyncio
 import enum
 import logging
 import time
+from collections import Counter as Tally
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -67,6 +68,8 @@ class Upstreams:
         self.min_body_bps = min_body_bps
         self.session = session
         self.breakers = {url: CircuitBreaker() for url in urls}
+        self.hedged_to: Tally[str] = Tally()  # attempts sent as a hedge, by upstream
+        self.passed_over: Tally[str] = Tally()  # slow attempts cut off, by upstream
         self._key = key
         self._token_ttl_s = token_ttl_s
 
@@ -97,7 +100,8 @@ class Upstreams:
         failures: list[str] = []
         timeouts = 0
 
-        def try_next() -> bool:
+        def try_next() -> str | None:
+            """Ask the next upstream whose breaker lets it be asked; None: none left."""
             for url in queue:
                 if not self.breakers[url].allow(time.monotonic()):
                     failures.append(f"{url}: circuit open")
@@ -105,10 +109,10 @@ class Upstreams:
                 if on_attempt is not None:
                     on_attempt()
                 attempts[asyncio.create_task(self._head(url, key))] = (url, time.monotonic())
-                return True
-            return False
+                return url
+            return None
 
-        more = try_next()
+        more = try_next() is not None
         try:
             while attempts:
                 newest = max(started for _, started in attempts.values())
@@ -119,7 +123,10 @@ class Upstreams:
                     return_when=asyncio.FIRST_COMPLETED,
                 )
                 if not done:
-                    more = try_next()  # the hedge: the slow one keeps its chance
+                    hedge = try_next()  # the slow one keeps its chance
+                    if hedge is not None:
+                        self.hedged_to[hedge] += 1
+                    more = hedge is not None
                     continue
                 for task in done:
                     url, _ = attempts.pop(task)
@@ -128,7 +135,7 @@ class Upstreams:
                         return answer
                     failures.append(f"{url}: {answer}")
                     timeouts += answer == "TimeoutError"
-                more = try_next()  # a failure: the next upstream at once, not at the hedge
+                more = try_next() is not None  # after a failure: the next one at once
         finally:
             await self._cut_off(attempts)
         return Fetch(
@@ -167,6 +174,7 @@ class Upstreams:
         for task, (url, started) in attempts.items():
             if task.cancel() and now - started >= slow_s:
                 self.breakers[url].record_failure(now)
+                self.passed_over[url] += 1
         if attempts:
             outcomes = await asyncio.gather(*attempts, return_exceptions=True)
             for outcome in outcomes:

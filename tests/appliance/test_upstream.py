@@ -88,6 +88,7 @@ async def test_a_hung_upstream_is_hedged_and_the_next_one_answers(
     assert HEDGE_S * 0.9 <= took < HEAD_S, took  # at the hedge delay, not the head deadline
     assert (hung.asked, good.asked) == (1, 1)
     assert failures(upstreams, hung.url) == 1  # the slow head counts against it
+    assert (upstreams.hedged_to[good.url], upstreams.passed_over[hung.url]) == (1, 1)
 
 
 async def test_a_slow_upstream_that_answers_first_still_wins(
@@ -99,6 +100,7 @@ async def test_a_slow_upstream_that_answers_first_still_wins(
     assert (outcome, url, body) == (Outcome.OK, slow.url, f"from {slow.url}")
     assert hung.asked == 1  # the hedge went out, and was cut off when the first answered
     assert failures(upstreams, slow.url) == 0
+    assert upstreams.hedged_to[hung.url] == 1 and not upstreams.passed_over
     assert took < HEAD_S, took
 
 
@@ -122,6 +124,7 @@ async def test_a_failing_upstream_moves_on_at_once_without_waiting_for_the_hedge
     assert (outcome, url) == (Outcome.OK, good.url)
     assert took < HEDGE_S * 0.9, took
     assert failures(upstreams, broken.url) == 1
+    assert not upstreams.hedged_to  # a failover, not a hedge
 
 
 async def test_a_hedge_that_fails_moves_on_at_once(make_upstreams: MakeUpstreams) -> None:

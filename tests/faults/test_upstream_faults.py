@@ -128,6 +128,7 @@ async def test_a_parent_that_trickles_every_answer_is_hedged_and_then_passed_ove
             # parent is not tried at all and misses go straight to the origin.
             state = (await stack.health("a1"))["upstreams"][parent]
             assert state["state"] == "open" and state["trips"] == 1, state
+            assert state["passed_over"] == BREAKER_THRESHOLD, state
             assert max(waits[BREAKER_THRESHOLD:]) < hedge_s / 2, waits
             assert proxy.accepted == BREAKER_THRESHOLD
             print(
