@@ -258,12 +258,9 @@ def parse(data: dict[str, Any], path: Path) -> Deployment:
             ("scrub_bytes_per_s", 1e12),
             ("limiter_lag_target_s", 10.0),
         ):
-            off = t.data.get(name) == 0 and not isinstance(t.data.get(name), bool)
-            if name in _ZERO_IS_OFF and off:
-                t.read.add(name)
-                tunables[name] = 0.0
-            elif name in t.data:
-                tunables[name] = t.number(name, _REQUIRED, low=0.0, high=high)
+            if name in t.data:
+                off = name in _ZERO_IS_OFF
+                tunables[name] = t.number(name, _REQUIRED, low=0.0, high=high, zero_is_off=off)
         limits: dict[str, int] = {}
         for name in ("limiter_initial", "limiter_max"):
             if name in t.data:
@@ -352,7 +349,10 @@ class _Table:
             self.fail(key, value, expected)
         return value  # type: ignore[no-any-return]
 
-    def number(self, key: str, default: float, *, low: float, high: float) -> float:
+    def number(
+        self, key: str, default: float, *, low: float, high: float, zero_is_off: bool = False
+    ) -> float:
+        """A number in (low, high]; with ``zero_is_off``, 0 too (the feature off)."""
         self.read.add(key)
         if key not in self.data:
             if default is _REQUIRED:
@@ -360,8 +360,11 @@ class _Table:
             return default
         value = self.data[key]
         ok = isinstance(value, int | float) and not isinstance(value, bool)
+        if ok and zero_is_off and value == 0:
+            return 0.0
         if not ok or not low < value <= high:
-            self.fail(key, value, f"a number > {low:g} and <= {high:g}")
+            off = " (or 0: off)" if zero_is_off else ""
+            self.fail(key, value, f"a number > {low:g} and <= {high:g}{off}")
         return float(value)
 
     def url(self, key: str, default: str | None = _REQUIRED) -> str:

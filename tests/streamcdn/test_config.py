@@ -170,6 +170,10 @@ def test_an_appliance_may_tune_its_upstream_deadlines_and_scrub_rate(tmp_path: P
     ):
         with pytest.raises(ConfigError, match=bad.split(" ")[0]):
             load(write(tmp_path, MINIMAL + "\n" + bad))
+    with pytest.raises(ConfigError, match=r"upstream_hedge_after_s: .*\(or 0: off\), got -0.5"):
+        load(write(tmp_path, MINIMAL + "\nupstream_hedge_after_s = -0.5"))
+    with pytest.raises(ConfigError, match=r"lock_timeout_s: .*<= 3600, got 0$"):
+        load(write(tmp_path, MINIMAL + "\nlock_timeout_s = 0"))  # 0 is not "off" for it
 
 
 def test_an_appliance_may_refuse_chaos(tmp_path: Path) -> None:
