@@ -141,6 +141,8 @@ class Appliance:
         self.front: Front | None = None  # set by create_app
         self._background: set[asyncio.Task[None]] = set()
         self._writing: dict[str, asyncio.Task[None]] = {}  # disk writes in flight, by key
+        # Disk writes in flight of purged titles (they discard their object), with its key.
+        self._discarding: dict[asyncio.Task[None], str] = {}
         self._generations: Tally[str] = Tally()  # per title, bumped by each purge
         self.corrupt: Tally[str] = Tally()  # corrupt disk objects dropped, by who found them
         self.scrubber = Scrubber(
@@ -300,6 +302,7 @@ class Appliance:
     def _wrote(self, key: str, task: asyncio.Task[None]) -> None:
         if self._writing.get(key) is task:  # not a later write of the key, after a purge
             del self._writing[key]
+        self._discarding.pop(task, None)
 
     async def _write_disk(self, meta: ObjectMeta, data: bytes, generation: int) -> None:
         if not self.disk.writable(time.monotonic()):
@@ -423,8 +426,12 @@ class Appliance:
         # Disk writes in flight for the title must not land after it, nor fills in flight
         # be cached: a new generation, and the fills detached from the table.
         self._generations[title] += 1
-        writes = [t for k, t in self._writing.items() if k.startswith(prefix)]
-        self._writing = {k: t for k, t in self._writing.items() if not k.startswith(prefix)}
+        for key, task in list(self._writing.items()):
+            if key.startswith(prefix):
+                del self._writing[key]  # a fill after the purge may write the key again
+                self._discarding[task] = key
+        # Every write of the title from before this purge, an earlier purge's too.
+        writes = [t for t, k in self._discarding.items() if k.startswith(prefix)]
         assert self.filler is not None
         self.filler.detach(title)
         for key, size in self.memory.sizes():

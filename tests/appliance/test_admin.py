@@ -214,7 +214,14 @@ async def test_a_purge_is_not_undone_by_a_disk_write_in_flight(
     async with ClientSession() as s, s.get(url) as r:
         assert r.headers["X-Cache"] == "MISS"
         await r.read()
-    status, purged = await call(appliance, "DELETE", f"/admin/cache/titles/{TITLE}", headers=AUTH)
+    purge = f"/admin/cache/titles/{TITLE}"
+    first = asyncio.create_task(call(appliance, "DELETE", purge, headers=AUTH))
+    await asyncio.sleep(0.1)
+    # A second purge meanwhile finds nothing left to drop, but waits for the same write.
+    status, purged = await call(appliance, "DELETE", purge, headers=AUTH)
+    assert status == 200 and purged["purged_objects"] == 0
+    assert on_disk() == []
+    status, purged = await first
     assert status == 200 and purged["purged_objects"] == 1  # from memory; disk write pending
     assert purged["disk_writes_pending"] == 0
     # Acknowledged: the object is already off the disk, so a crash now cannot bring it back.
