@@ -419,7 +419,7 @@ class FrontProtocol(asyncio.Protocol):
                 if not request.auth.startswith("Bearer "):
                     appliance.limiter.cancel()
                     return False
-                token = request.auth.removeprefix("Bearer ").strip()
+                token = request.auth.removeprefix("Bearer ").strip(" \t")
             elif not appliance.config.open:
                 appliance.limiter.cancel()
                 return False

@@ -784,7 +784,7 @@ async def open_object(request: web.Request) -> web.StreamResponse:
     key = _key(request)
     auth = request.headers.get("Authorization", "")
     if auth.startswith("Bearer "):
-        _check_token(request, auth.removeprefix("Bearer ").strip(), key)
+        _check_token(request, auth.removeprefix("Bearer ").strip(" \t"), key)
     elif not appliance.config.open:
         raise web.HTTPForbidden(text="signed URL required: /s/{token}/titles/...")
     return await appliance.serve(request, key)

@@ -13,9 +13,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-_SINGLE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
-_MULTI_PART = re.compile(r"\d{1,18}-\d{0,18}|-\d{1,18}")
+# ASCII digits only, and HTTP's blanks (space, tab) only: "\d" and str.strip() also take
+# Unicode digits and spaces, which the appliance's fast path (latin-1) and aiohttp (UTF-8)
+# decode differently, so a hit and a miss of one request got different answers.
+_SINGLE_RANGE = re.compile(r"bytes=([0-9]*)-([0-9]*)")
+_MULTI_PART = re.compile(r"[0-9]{1,18}-[0-9]{0,18}|-[0-9]{1,18}")
 MAX_DIGITS = 18  # larger numbers are nonsense, and int() on huge strings is slow
+OWS = " \t"
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def parse_range(value: str, size: int) -> ByteRange | None:
     answering 416 tells a buggy client its request is wrong instead of sending it
     the whole object. Other units and lists of several ranges are ignored (200).
     """
-    spec = value.strip().replace(" ", "")
+    spec = value.replace(" ", "").replace("\t", "")
     unit, sep, ranges = spec.partition("=")
     if unit.lower() != "bytes" or not sep:
         return None  # another unit: ignore
@@ -82,10 +86,10 @@ def parse_range(value: str, size: int) -> ByteRange | None:
 
 def _etag_matches(header: str, etag: str) -> bool:
     """If-None-Match uses weak comparison (RFC 9110 13.1.2)."""
-    if header.strip() == "*":
+    if header.strip(OWS) == "*":
         return True
     opaque = etag.removeprefix("W/")
-    return any(tag.strip().removeprefix("W/") == opaque for tag in header.split(","))
+    return any(tag.strip(OWS).removeprefix("W/") == opaque for tag in header.split(","))
 
 
 def decide(headers: Mapping[str, str], size: int, etag: str) -> Decision:
@@ -97,7 +101,7 @@ def decide(headers: Mapping[str, str], size: int, etag: str) -> Decision:
     if value is None:
         return Decision(200)
     if_range = headers.get("If-Range")
-    if if_range is not None and if_range.strip() != etag:
+    if if_range is not None and if_range.strip(OWS) != etag:
         return Decision(200)  # RFC 9110 13.1.5: strong comparison; a date never matches
     try:
         rng = parse_range(value, size)

@@ -8,7 +8,9 @@ is a request smuggled past one of them, so for every input:
 
 - what the fast path answers itself (``parse_head`` accepts it and its target is an
   object's) aiohttp accepts too, as the same method and target, with no body, the same
-  keep-alive decision and the same Range, If-None-Match, If-Range and Authorization bytes;
+  keep-alive decision and the same Range, If-None-Match, If-Range and Authorization bytes,
+  and those headers give the same answer (200, 206 and its range, 304, 416) decoded as
+  the front decodes them (latin-1) as decoded by aiohttp (UTF-8, surrogateescape);
 - what ``refusable`` refuses quickly (keeping the connection open, reading no body) has
   no body and no ``Connection: close`` however leniently it is read: lines split at any
   CR or LF, names stripped of blanks, so that no reader in front of the appliance (a
@@ -31,6 +33,7 @@ import atheris
 
 with atheris.instrument_imports():
     from appliance import front
+    from streamcdn.byteserving import decide
     from streamcdn.ids import is_valid_rel_path, is_valid_title_id
 
 # The reference: aiohttp's parser (the one its server uses), imported after the front.
@@ -42,6 +45,7 @@ from aiohttp.streams import EmptyStreamReader
 LOOP = asyncio.new_event_loop()
 PROTOCOL = BaseProtocol(LOOP)
 BODY_HEADERS = ("Content-Length", "Transfer-Encoding")
+SIZE, ETAG = 2_000_000, '"3f2a-1c"'  # an object the decisions below are taken for
 LENIENT_VETO = {b"content-length", b"transfer-encoding", b"expect", b"upgrade"}
 
 
@@ -139,6 +143,10 @@ def one_input(data: bytes) -> None:
         assert theirs == mine, f"{name}: aiohttp {theirs!r}, front {mine!r}: {head!r}"
     theirs, mine = aiohttp_raw(ref.headers.get("Authorization")), front_raw(request.auth)
     assert theirs == mine, f"Authorization: aiohttp {theirs!r}, front {mine!r}: {head!r}"
+    # The same answer (200, 206 and its range, 304, 416) on a hit, where the front decodes
+    # the values (latin-1), as on a miss, where aiohttp does (UTF-8, surrogateescape).
+    theirs_d, mine_d = decide(ref.headers, SIZE, ETAG), decide(request.headers, SIZE, ETAG)
+    assert theirs_d == mine_d, f"aiohttp's path {theirs_d}, the fast path {mine_d}: {head!r}"
 
 
 def main() -> None:

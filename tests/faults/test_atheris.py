@@ -35,16 +35,19 @@ SEEDS = [
     b"GET /titles/t1/a.m4s HTTP/1.1\r\nHost: a\nX: y\r\n\r\n",
     # What this fuzzer found, kept as seeds (as OSS-Fuzz keeps its reproducers): a bare LF
     # before a body header, refused quickly without reading the body; an NBSP before
-    # "close", which str.strip() took for blank space where aiohttp does not.
+    # "close", and before a Range, which str.strip() took for blank space where aiohttp
+    # (decoding the bytes differently) did not.
     b"GET /titles/t1/a.m4s HTTP/1.1\r\n\xb8\x90\x8c\nContent-Length: 5\r\n\r\n",
     b"GET /titles/t1/s HTTP/1.1\r\nHost: a\r\nConnection:\xa0close\r\n\r\n",
+    b"GET /titles/t1/s HTTP/1.1\r\nHost: a\r\nRange:\xa0bytes=0-99\r\n\r\n",
 ]
 DICTIONARY = [
     b"\r\n", b"\r\n\r\n", b"\n", b"\r", b": ", b":", b"\t", b",", b" HTTP/1.1", b" HTTP/1.0",
     b"GET ", b"HEAD ", b"POST ", b"/titles/", b"/s/", b"Host: ", b"Connection: ", b"close",
     b"keep-alive", b"upgrade", b"Content-Length: ", b"Transfer-Encoding: ", b"chunked",
     b"Expect: ", b"100-continue", b"Upgrade: ", b"Range: ", b"bytes=0-", b"If-None-Match: ",
-    b"If-Range: ", b"Authorization: Bearer ", b"\xa0", b"\x0b", b"\x0c",
+    b"If-Range: ", b"Authorization: Bearer ", b"\xa0", b"\x0b", b"\x0c", b"\x85", b"\x1c",
+    b"W/", b'"3f2a-1c"', b"bytes=", b"*", b"\xd9\xa3",
 ]  # fmt: skip
 
 
