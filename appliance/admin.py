@@ -86,9 +86,12 @@ def _authorize(request: web.Request) -> None:
     if config.admin_key is None:
         raise web.HTTPForbidden(text="admin API disabled: no --admin-key configured")
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    # As the bytes sent (aiohttp decodes bytes that are not UTF-8 to lone surrogates),
+    # stripped of HTTP's blanks only.
+    sent = given.strip(" \t").encode("utf-8", "surrogateescape")
     # Every accepted key is compared, in constant time each, while the admin key rotates.
     matches = [
-        hmac.compare_digest(given.strip().encode(), key.encode())
+        hmac.compare_digest(sent, key.encode())
         for key in (config.admin_key, *config.previous_admin_keys)
     ]
     if scheme != "Bearer" or not any(matches):

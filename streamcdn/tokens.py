@@ -96,7 +96,9 @@ def verify(
     if not token or len(token) > MAX_TOKEN_LEN:
         return TokenError.MALFORMED
     try:
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        # ASCII: every field a token is signed with is; and hmac.compare_digest raises
+        # TypeError on str with any other character.
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         return TokenError.MALFORMED
     parts = raw.split(SEP)
@@ -154,6 +156,6 @@ def verify_body(body: bytes, header: str, keys: Mapping[str, SigningKey]) -> Sig
     """
     key_id, sep, _ = header.partition(":")
     key = keys.get(key_id) if sep else None
-    if key is None or len(header) > MAX_TOKEN_LEN:
-        return None
+    if key is None or len(header) > MAX_TOKEN_LEN or not header.isascii():
+        return None  # (hmac.compare_digest raises TypeError on non-ASCII str)
     return key if hmac.compare_digest(sign_body(body, key), header) else None

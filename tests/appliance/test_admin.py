@@ -88,6 +88,24 @@ async def test_admin_needs_the_admin_key(make_appliance: MakeAppliance, headers,
         assert (await call(appliance, method, path, headers=headers))[0] == status
 
 
+@pytest.mark.parametrize(
+    "key", [b"\xff\xfe-not-utf-8", "admin-key-é".encode(), b"\xa0" + ADMIN.encode()]
+)
+async def test_a_key_of_any_bytes_gets_401(make_appliance: MakeAppliance, key: bytes) -> None:
+    """Bytes that are not UTF-8 came to the key check as lone surrogates, which .encode()
+    refused: a 500 with a traceback instead of a 401."""
+    appliance = await make_appliance(admin_key=ADMIN)
+    reader, writer = await asyncio.open_connection(appliance.host, appliance.port)
+    writer.write(
+        b"GET /admin/cache HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + key
+        + b"\r\nConnection: close\r\n\r\n"
+    )
+    answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.1 401 "), answer[:200]
+
+
 async def test_admin_is_off_without_an_admin_key(make_appliance: MakeAppliance) -> None:
     appliance = await make_appliance()
     assert (await call(appliance, "GET", "/admin/cache", headers=AUTH))[0] == 403

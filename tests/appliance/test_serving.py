@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import time
 from pathlib import Path
@@ -91,6 +92,11 @@ async def test_a_range_on_a_cold_object_is_served_once_verified(
     assert (status, body, headers["X-Cache"]) == (206, data[-100:], "MISS")
 
 
+def raw_token(fields: str) -> str:
+    """A token with these fields, as a forger would send it: base64url, no padding."""
+    return base64.urlsafe_b64encode(fields.encode()).decode().rstrip("=")
+
+
 @pytest.mark.parametrize(
     ("make_path", "reason"),
     [
@@ -109,6 +115,13 @@ async def test_a_range_on_a_cold_object_is_served_once_verified(
             "unknown key",
         ),
         (lambda: f"/s/not-a-token/titles/{TITLE}/{SEGMENT}", "malformed"),
+        # Fields in UTF-8 beyond ASCII: hmac.compare_digest raised TypeError (a 500).
+        (
+            lambda: (
+                f"/s/{raw_token(f'v1~9999999999~k1~~titles/{TITLE}/~é')}/titles/{TITLE}/{SEGMENT}"
+            ),
+            "malformed",
+        ),
         (lambda: f"/titles/{TITLE}/{SEGMENT}", "signed URL required"),
     ],
 )
