@@ -1,5 +1,6 @@
 """Coverage-guided fuzzing (atheris) of the appliance's own HTTP head parsing against
-aiohttp's parser: see tests/faults/atheris_front.py for what each input must satisfy.
+aiohttp's parser, and of signed tokens and heartbeat signatures: see
+tests/faults/atheris_front.py and atheris_tokens.py for what each input must satisfy.
 
 libFuzzer runs in a process of its own (it exits when done), from a seed corpus of
 requests a player, a browser and an attacker send, with a dictionary of the tokens the
@@ -15,6 +16,7 @@ import sys
 from pathlib import Path
 
 RUNS = 300_000
+ROOT = Path(__file__).resolve().parents[2]
 SEEDS = [
     b"GET /titles/t1/360p/seg_00001.m4s HTTP/1.1\r\nHost: a\r\nRange: bytes=0-99\r\n\r\n",
     b"HEAD /s/abc_DEF-1/titles/t1/master.m3u8 HTTP/1.1\r\nHost: a\r\nConnection: keep-alive"
@@ -55,32 +57,30 @@ def dictionary_entry(token: bytes) -> str:
     return '"' + "".join(f"\\x{b:02x}" for b in token) + '"'
 
 
-def test_the_fast_path_reads_every_head_as_aiohttp_does(tmp_path: Path) -> None:
-    corpus, seeds, crashes = tmp_path / "corpus", tmp_path / "seeds", tmp_path / "crashes"
-    for d in (corpus, seeds, crashes):
-        d.mkdir()
-    for i, seed in enumerate(SEEDS):
-        (seeds / f"{i:02d}").write_bytes(seed)
-    tokens = tmp_path / "http.dict"
-    tokens.write_text("\n".join(dictionary_entry(t) for t in DICTIONARY) + "\n")
+def fuzz(harness: str, tmp_path: Path, seeds: Path, extra: tuple[str, ...] = ()) -> None:
+    """Run ``tests/faults/{harness}.py`` under libFuzzer for RUNS inputs from ``seeds``;
+    fails with the input's exception if any input raised."""
+    corpus, crashes = tmp_path / "corpus", tmp_path / "crashes"
+    corpus.mkdir()
+    crashes.mkdir()
     res = subprocess.run(
         [
             sys.executable,
             "-m",
-            "tests.faults.atheris_front",
+            f"tests.faults.{harness}",
             str(corpus),  # libFuzzer adds what it finds to the first directory
             str(seeds),
             f"-runs={RUNS}",
             "-seed=1",
             "-max_len=4096",
-            f"-dict={tokens}",
             f"-artifact_prefix={crashes}/",
             "-max_total_time=240",
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=ROOT,
     )
     # atheris prints the exception the input raised just after this banner.
     output = res.stdout + res.stderr
@@ -89,4 +89,27 @@ def test_the_fast_path_reads_every_head_as_aiohttp_does(tmp_path: Path) -> None:
     done = re.search(r"^Done (\d+) runs", res.stderr, re.MULTILINE)
     assert done is not None and int(done.group(1)) == RUNS, res.stderr[-2000:]
     coverage = re.findall(r"DONE\s+cov: (\d+) ft: (\d+)", res.stderr)
-    print(f"atheris: {RUNS} inputs, 0 failures; coverage {coverage}")
+    print(f"atheris {harness}: {RUNS} inputs, 0 failures; coverage {coverage}")
+
+
+def test_the_fast_path_reads_every_head_as_aiohttp_does(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    seeds.mkdir()
+    for i, seed in enumerate(SEEDS):
+        (seeds / f"{i:02d}").write_bytes(seed)
+    tokens = tmp_path / "http.dict"
+    tokens.write_text("\n".join(dictionary_entry(t) for t in DICTIONARY) + "\n")
+    fuzz("atheris_front", tmp_path, seeds, (f"-dict={tokens}",))
+
+
+def test_no_token_or_signature_crashes_or_passes_unsigned(tmp_path: Path) -> None:
+    seeds = tmp_path / "seeds"
+    subprocess.run(
+        [sys.executable, "-m", "tests.faults.atheris_tokens", "--write-seeds", str(seeds)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert len(list(seeds.iterdir())) == 3
+    fuzz("atheris_tokens", tmp_path, seeds)
