@@ -128,6 +128,19 @@ def parse_head(buf: bytes | bytearray, end: int) -> Request | None:
     return Request(parts[0].decode(), parts[1], headers, close, auth, end + 4)
 
 
+def object_target(target: bytes) -> tuple[str | None, str] | None:
+    """(the URL token or None, the object's key) if ``target`` names an object the fast
+    path may answer; None hands the request to aiohttp."""
+    m = _TARGET.fullmatch(target)
+    if m is None:
+        return None
+    token, title, rel = (g.decode("ascii") if g else None for g in m.groups())
+    assert title is not None and rel is not None
+    if not is_valid_title_id(title) or not is_valid_rel_path(rel):
+        return None
+    return token, f"titles/{title}/{rel}"
+
+
 def refusable(buf: bytes | bytearray, end: int) -> tuple[bool, bool] | None:
     """(signed route, HEAD) if the request whose head is ``buf[:end]`` may be refused from
     its request line alone (see FrontProtocol._refuse_quickly); None if it needs the full
@@ -392,16 +405,12 @@ class FrontProtocol(asyncio.Protocol):
     def _answer(self, request: Request) -> bool:
         """Answer ``request`` if it is a hit; False leaves it (still in buf) to aiohttp."""
         started = time.monotonic()
-        m = _TARGET.fullmatch(request.target)
-        if m is None:
+        target = object_target(request.target)
+        if target is None:
             return False
-        token, title, rel = (g.decode("ascii") if g else None for g in m.groups())
-        assert title is not None and rel is not None
-        if not is_valid_title_id(title) or not is_valid_rel_path(rel):
-            return False
-        key = f"titles/{title}/{rel}"
+        token, key = target
         appliance = self.appliance
-        route = _ROUTES[m.group(1) is not None]
+        route = _ROUTES[token is not None]
         if self.front.over_budget():
             appliance.limiter.refuse()
             del self.buf[: request.head_len]

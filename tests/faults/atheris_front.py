@@ -34,7 +34,6 @@ import atheris
 with atheris.instrument_imports():
     from appliance import front
     from streamcdn.byteserving import decide
-    from streamcdn.ids import is_valid_rel_path, is_valid_title_id
 
 # The reference: aiohttp's parser (the one its server uses), imported after the front.
 from aiohttp.base_protocol import BaseProtocol
@@ -101,15 +100,6 @@ def front_raw(value: str | None) -> bytes | None:
     return None if value is None else value.encode("latin-1")
 
 
-def fast_path_answers(request: front.Request) -> bool:
-    """Whether FrontProtocol._answer keeps ``request`` (rather than handing it over)."""
-    m = front._TARGET.fullmatch(request.target)
-    if m is None:
-        return False
-    title, rel = m.group(2).decode("ascii"), m.group(3).decode("ascii")
-    return is_valid_title_id(title) and is_valid_rel_path(rel)
-
-
 def one_input(data: bytes) -> None:
     end = data.find(b"\r\n\r\n")
     if end < 0 or end > front.MAX_HEAD_BYTES:
@@ -129,8 +119,8 @@ def one_input(data: bytes) -> None:
         assert not ref.should_close, f"refused quickly, kept open, aiohttp closes: {head!r}"
         assert not has_body, f"refused without reading its body: {head!r}"
 
-    if request is None or not fast_path_answers(request):
-        return
+    if request is None or front.object_target(request.target) is None:
+        return  # aiohttp's to answer
     assert request.head_len == end + 4
     assert reading is not None, f"the fast path answers what aiohttp rejects: {head!r}"
     ref, has_body = reading
