@@ -144,7 +144,8 @@ def object_target(target: bytes) -> tuple[str | None, str] | None:
 def refusable(buf: bytes | bytearray, end: int) -> tuple[bool, bool] | None:
     """(signed route, HEAD) if the request whose head is ``buf[:end]`` may be refused from
     its request line alone (see FrontProtocol._refuse_quickly); None if it needs the full
-    parse: it is no plain HTTP/1.1 GET or HEAD of an object, or names a _QUICK_VETO header."""
+    parse: it is no plain HTTP/1.1 GET or HEAD of an object, names a _QUICK_VETO header,
+    or has a bare CR or LF."""
     eol = buf.find(b"\r\n", 0, end)
     if eol < 0:
         eol = end
@@ -385,7 +386,7 @@ class FrontProtocol(asyncio.Protocol):
         Parsing every header, matching the route and counting each refusal cost most of a
         refusal's CPU, and under 3x load refusals are most of the answers. A refusal
         reads nothing it could get wrong: what it must know, where the request ends and
-        whether to keep the connection, _QUICK_VETO sends elsewhere. So a malformed
+        whether to keep the connection, ``refusable`` sends elsewhere. So a malformed
         object request (no Host, a bad title) gets 503 here where the full path gives 400;
         its retry, once the appliance has room, gets the 400."""
         buf = self.buf
