@@ -257,7 +257,7 @@ async def test_when_no_upstream_ever_answers_clients_get_a_504_not_a_hang(
             )
             waits = sorted(r[0] for r in results)
             assert {r[1] for r in results} == {504}, results
-            assert waits[0] >= expected_s * 0.9, waits  # both upstreams were tried
+            assert waits[0] >= expected_s * 0.9, waits  # every upstream was tried
             assert waits[-1] < expected_s + 0.5 < player_first_byte_s, waits
 
             async def no_fill_left() -> bool:
