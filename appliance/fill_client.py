@@ -7,6 +7,7 @@ import time
 import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import urlsplit
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -50,6 +51,11 @@ def run_fill(
     renditions: list[str] | None,
     rate_mbps: float | None,
 ) -> dict[str, Any]:
+    parts = urlsplit(appliance)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"--appliance {appliance!r}: expected http://host:port")
+    if not admin_key.isprintable():
+        raise UserError("--admin-key: control characters cannot go in an HTTP header")
     base = appliance.rstrip("/")
     body: dict[str, Any] = {"titles": titles} if titles else {"top": top}
     if renditions:

@@ -177,6 +177,8 @@ async def test_the_fill_command_says_what_is_wrong(
             ["--appliance", f"http://127.0.0.1:{unused_tcp_port}", "--admin-key", ADMIN],
             "cannot reach",
         ),
+        (["--appliance", "a1.example.net", "--admin-key", ADMIN], "expected http://host:port"),
+        (["--appliance", url_of(appliance), "--admin-key", "key\nX-Injected: 1"], "control"),
     ):
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
