@@ -89,6 +89,8 @@ class ApplianceConfig:
         admin_keys = (self.admin_key, *self.previous_admin_keys) if self.admin_key else ()
         if any(len(k) < 16 for k in admin_keys):
             raise UserError("--admin-key: at least 16 characters")
+        if not all(k.isprintable() for k in admin_keys):
+            raise UserError("--admin-key: control characters cannot go in an HTTP header")
         for name in (
             "lock_timeout_s",
             "upstream_connect_timeout_s",

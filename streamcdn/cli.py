@@ -390,6 +390,8 @@ def chaos_plan(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             "--chaos needs the admin key: --admin-key, $STREAMCDN_ADMIN_KEY "
             f"or keys.admin in {path}"
         )
+    if not key.isprintable():
+        raise UserError("the admin key: control characters cannot go in an HTTP header")
     actions = parse_spec(args.chaos, appliances)
     check_fits(actions, args.duration)
     return ChaosPlan(actions, appliances, key)

@@ -206,6 +206,14 @@ def test_admin_key_must_be_long() -> None:
         ApplianceConfig(
             id="a", cache_dir=Path("/tmp/x"), upstreams=("http://o",), open=True, admin_key="short"
         )
+    with pytest.raises(UserError, match="control characters"):
+        ApplianceConfig(
+            id="a",
+            cache_dir=Path("/tmp/x"),
+            upstreams=("http://o",),
+            open=True,
+            admin_key="admin-key-0123456789\n",
+        )
 
 
 @pytest.mark.parametrize("slow", ["before the rename", "after the rename"])

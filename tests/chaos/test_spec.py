@@ -4,6 +4,8 @@ all pure, tested directly."""
 from __future__ import annotations
 
 import itertools
+import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -21,6 +23,7 @@ from streamcdn.chaos import (
     pick_target,
     steps,
 )
+from tests.conftest import streamcdn_cmd
 
 IDS = ("a1", "a2", "ix1")
 
@@ -169,3 +172,22 @@ def test_what_players_felt_lands_in_the_window_of_the_step_before_it() -> None:
     windows = [tuple(w[f] for f in fields) for w in felt([5.0, 10.0], changes, 20.0)]
     assert windows == [(0, 0, 0, 1, 0), (1, 0.25, 2, 2, 0), (0, 0, 1, 0, 1)]
     assert felt([], changes, 20.0)[0]["failovers"] == 3
+
+
+def test_an_admin_key_with_control_characters_is_one_clear_line() -> None:
+    """It went into the admin API's Authorization header, and aiohttp raised a traceback."""
+    root = Path(__file__).resolve().parents[2]
+    res = subprocess.run(
+        streamcdn_cmd(
+            "loadtest", "--players", "1", "--duration", "3", "--control", "http://127.0.0.1:1",
+            "--config", str(root / "examples" / "deployment.toml"),
+            "--admin-key", "admin-key-0123456789\nX-Injected: 1", "--chaos", "slow-upstream:1s",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )  # fmt: skip
+    assert res.returncode == 1
+    assert res.stderr == (
+        "streamcdn: error: the admin key: control characters cannot go in an HTTP header\n"
+    )
